@@ -1,0 +1,241 @@
+"""Typed schemas for the Hydra config tree.
+
+The dataclasses are registered in Hydra's ConfigStore as the schema of ``conf/config.yaml``: Hydra rejects
+unknown keys and wrong types while composing, and ``validate`` turns the composed config into these objects,
+whose ``__post_init__`` checks ranges and cross-field rules. Every error names the full config key, before
+any data is touched. Modules below the training loop take these dataclasses (or plain values), never Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+WeightMethod = Literal["none", "inverse_freq", "sqrt_inv_freq", "effective_num", "median_freq", "enet"]
+Domain = Literal["real", "synthetic", "both"]
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and what was expected."""
+
+
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ce", "dice", "combined"] = "combined"
+    ce_weight: float = 0.6  # alpha: weight of the cross-entropy term
+    dice_weight: float = 0.4  # beta: weight of the soft-Dice term
+    smooth: float = 1.0  # Dice smoothing added to numerator and denominator
+    squared_denominator: bool = False  # Dice denominator sum(p^2) + sum(y^2) instead of sum(p) + sum(y)
+    dice_pooling: Literal["image", "batch"] = "image"  # Dice per image (gives L_i) or pooled over the batch
+    aux_weight: float = 0.4  # weight of every auxiliary-head term (deep supervision), when the model has one
+
+    def __post_init__(self) -> None:
+        for k in ("ce_weight", "dice_weight", "aux_weight"):
+            v = getattr(self, k)
+            _check(_finite(v) and v >= 0, f"loss.{k}", "a finite number >= 0", v)
+        _check(_finite(self.smooth) and self.smooth >= 0, "loss.smooth", "a finite number >= 0", self.smooth)
+        _check(self.ce_weight + self.dice_weight > 0, "loss.ce_weight + loss.dice_weight", "> 0",
+               self.ce_weight + self.dice_weight)
+        if self.name == "ce":
+            _check(self.dice_weight == 0, "loss.dice_weight", "0 with loss=ce (use loss=combined)", self.dice_weight)
+        if self.name == "dice":
+            _check(self.ce_weight == 0, "loss.ce_weight", "0 with loss=dice (use loss=combined)", self.ce_weight)
+
+
+@dataclass
+class WeightingConfig:
+    method: WeightMethod = "none"
+    beta: float = 0.99  # effective_num: (1 - beta) / (1 - beta^n_c)
+    count: Literal["images", "pixels"] = "images"  # effective_num: n_c counts images containing c, or pixels
+    enet_c: float = 1.02  # enet: w_c = 1 / ln(c + p_c)
+    source: Domain = "both"  # which training domain the frequencies are counted on
+    fraction: float = 1.0  # fraction of the source images to count (a seeded random subset)
+    seed: int = 0  # seed of that subset
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.beta) and 0 < self.beta < 1, "weighting.beta", "a number in (0, 1)", self.beta)
+        _check(_finite(self.enet_c) and self.enet_c > 1, "weighting.enet_c", "a number > 1", self.enet_c)
+        _check(_finite(self.fraction) and 0 < self.fraction <= 1, "weighting.fraction", "a number in (0, 1]",
+               self.fraction)
+
+
+@dataclass
+class DatasetMixConfig:
+    name: Literal["mixed", "real_only", "synthetic_only"] = "mixed"
+    real_ratio: float = 0.7  # fraction of every training batch drawn from the real domain
+    real_loss_weight: float = 1.0  # w_i of real samples in L = (1/N) sum_i w_i L_i
+    synthetic_loss_weight: float = 0.5  # w_i of synthetic samples; 0 means synthetic samples do not train
+    reduction: Literal["mean", "weight_normalized"] = "mean"  # (1/N) sum w_i L_i, or sum w_i L_i / sum w_i
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.real_ratio) and 0 <= self.real_ratio <= 1, "dataset_mix.real_ratio",
+               "a number in [0, 1]", self.real_ratio)
+        for k in ("real_loss_weight", "synthetic_loss_weight"):
+            v = getattr(self, k)
+            _check(_finite(v) and v >= 0, f"dataset_mix.{k}", "a finite number >= 0", v)
+        if self.name == "real_only":
+            _check(self.real_ratio == 1, "dataset_mix.real_ratio", "1.0 with dataset_mix=real_only", self.real_ratio)
+        if self.name == "synthetic_only":
+            _check(self.real_ratio == 0, "dataset_mix.real_ratio", "0.0 with dataset_mix=synthetic_only",
+                   self.real_ratio)
+
+
+@dataclass
+class ToyCityConfig:
+    """Parameters of the embedded generator; the data is written once per distinct value of these."""
+
+    seed: int = 0
+    height: int = 96
+    width: int = 192
+    n_real_train: int = 160
+    n_real_val: int = 40
+    n_synthetic: int = 240
+
+    def __post_init__(self) -> None:
+        for k in ("height", "width"):
+            _check(getattr(self, k) >= 32, f"data.toycity.{k}", "an integer >= 32", getattr(self, k))
+        for k in ("n_real_train", "n_real_val", "n_synthetic"):
+            _check(getattr(self, k) >= 1, f"data.toycity.{k}", "an integer >= 1", getattr(self, k))
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    real_root: Optional[str] = None  # Cityscapes layout: leftImg8bit/<split>/<city>/..., gtFine/<split>/<city>/...
+    synthetic_root: Optional[str] = None  # GTA5 layout: images/*.png, labels/*.png (palette = Cityscapes ids)
+    toycity: Optional[ToyCityConfig] = None  # set: generate the embedded data and ignore the roots
+    cache_dir: str = MISSING  # generated data and class-weight caches
+    train_split: str = "train"
+    val_split: str = "val"
+    resize: Optional[list[int]] = None  # [H, W] every image is resized to first (None: native size)
+    crop_size: list[int] = field(default_factory=lambda: [96, 96])  # [H, W] of training crops
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.5])  # random rescale before the crop
+    hflip: bool = True
+    num_workers: int = 1
+    val_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.toycity is None:
+            for k in ("real_root", "synthetic_root"):
+                _check(bool(getattr(self, k)), f"data.{k}", "a dataset directory (or data=toycity)",
+                       getattr(self, k))
+        if self.resize is not None:
+            _check(len(self.resize) == 2 and min(self.resize) >= 8, "data.resize", "[H, W] with H, W >= 8",
+                   list(self.resize))
+        _check(len(self.crop_size) == 2 and min(self.crop_size) >= 8, "data.crop_size", "[H, W] with H, W >= 8",
+               list(self.crop_size))
+        lo_hi = list(self.scale_range)
+        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "data.scale_range", "[min, max] with 0 < min <= max",
+               lo_hi)
+        _check(self.num_workers >= 0, "data.num_workers", "an integer >= 0", self.num_workers)
+        _check(self.val_batch_size >= 1, "data.val_batch_size", "an integer >= 1", self.val_batch_size)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9
+    warmup_iters: int = 20  # linear warm-up from warmup_factor * lr
+    warmup_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.lr) and self.lr > 0, "optim.lr", "a number > 0", self.lr)
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", "a number >= 0",
+               self.weight_decay)
+        _check(self.warmup_iters >= 0, "optim.warmup_iters", "an integer >= 0", self.warmup_iters)
+        _check(0 < self.warmup_factor <= 1, "optim.warmup_factor", "a number in (0, 1]", self.warmup_factor)
+
+
+@dataclass
+class TrainerConfig:
+    max_iters: int = 600
+    batch_size: int = 8
+    eval_every: int = 200  # also evaluated at the end
+    log_every: int = 20  # losses are read from the device once per this many iterations
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    progress_bar: str = "auto"  # auto: only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        for k in ("max_iters", "batch_size", "eval_every", "log_every"):
+            _check(getattr(self, k) >= 1, f"trainer.{k}", "an integer >= 1", getattr(self, k))
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
+               "auto, cpu, cuda or cuda:N", self.device)
+        _check(self.progress_bar in ("auto", "on", "off"), "trainer.progress_bar", "auto, on or off",
+               self.progress_bar)
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = True
+    tracking_uri: str = MISSING  # default sqlite:///<project root>/mlflow.db
+    experiment_name: str = "segsweep"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class Config:
+    loss: LossConfig = MISSING
+    weighting: WeightingConfig = MISSING
+    dataset_mix: DatasetMixConfig = MISSING
+    model: Any = MISSING  # instantiated with hydra.utils.instantiate; schemas in segsweep.models
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    objective: str = "val/mIoU"  # the metric train.py returns (from the last evaluation)
+    output_dir: str = "."  # the run directory (Hydra's runtime.output_dir)
+
+    def __post_init__(self) -> None:
+        allowed = ("val/mIoU", "val/pixel_acc", "val/mIoU_rare")
+        _check(self.objective in allowed, "objective", f"one of {list(allowed)}", self.objective)
+        if self.dataset_mix.name == "synthetic_only" or self.dataset_mix.real_ratio == 0:
+            _check(self.weighting.source != "real" or self.weighting.method == "none", "weighting.source",
+                   "'synthetic' or 'both' when no real sample is trained on", self.weighting.source)
+
+
+def project_root() -> str:
+    """``${project_root:}`` in the config tree: $SEGSWEEP_ROOT (set by train.py) or the current directory."""
+    return os.environ.get("SEGSWEEP_ROOT") or os.getcwd()
+
+
+def register_configs() -> None:
+    """Register the schema (named in conf/config.yaml's defaults list) and the ``project_root`` resolver."""
+    from hydra.core.config_store import ConfigStore
+
+    from segsweep.models import register_model_schemas
+
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_resolver("project_root", project_root)
+    cs = ConfigStore.instance()
+    cs.store(name="segsweep_schema", node=Config, replace=True)
+    register_model_schemas(cs)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Resolve interpolations and build the dataclasses, running every range check."""
+    model = cfg.model
+    typed = OmegaConf.to_object(cfg)
+    assert isinstance(typed, Config)
+    typed.model = model  # keep the model node as a DictConfig for instantiate
+    return typed

@@ -1,0 +1,87 @@
+"""The iteration-based training loop.
+
+One step: batch to the device (non-blocking) -> forward (bf16 autocast on CUDA) -> criterion (named terms,
+sample-weighted, monitors) -> backward -> optimiser and lr step -> running sums on the device. Only a
+logging step reads numbers back to the host; evaluation runs every ``eval_every`` iterations and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from segsweep.config import TrainerConfig
+from segsweep.engine.evaluate import EvalResult, evaluate
+from segsweep.losses import SegmentationCriterion
+from segsweep.tracking.storage import MetricAccumulator
+from segsweep.tracking.writers import Writer
+
+
+@dataclass
+class TrainState:
+    model: torch.nn.Module
+    criterion: SegmentationCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    iteration: int = 0  # iterations completed
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg: TrainerConfig,
+          device: torch.device, writers: list[Writer], class_names: list[str],
+          rare_classes: tuple[int, ...] = ()) -> EvalResult:
+    """Train until ``cfg.max_iters``; returns the last evaluation on the validation split."""
+    use_cuda = device.type == "cuda"
+    amp = cfg.amp and use_cuda
+    channels_last = cfg.channels_last and use_cuda
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    model, criterion, optimizer, scheduler = state.model, state.criterion, state.optimizer, state.scheduler
+    forward = torch.compile(model) if cfg.compile else model
+    storage = MetricAccumulator(device)
+    result: EvalResult | None = None
+
+    def emit(step: int, metrics: dict[str, float]) -> None:
+        for w in writers:
+            w.write(step, metrics)
+
+    model.train()
+    batches = iter(train_loader)
+    while state.iteration < cfg.max_iters:
+        t0 = time.perf_counter()
+        batch = to_device(next(batches), device, channels_last)
+        data_time = time.perf_counter() - t0
+
+        with autocast:
+            outputs = forward(batch["image"])
+        loss = criterion(outputs, batch["label"], batch["loss_weight"], batch["domain"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        optimizer.step()
+        scheduler.step()
+        state.iteration += 1
+        step = state.iteration
+        storage.add(loss, step, data_time)
+
+        last = step == cfg.max_iters
+        if step % cfg.log_every == 0 or last:
+            metrics = {f"train/{k}": v for k, v in storage.flush().items()}  # raises on a non-finite loss
+            metrics["train/lr"] = optimizer.param_groups[0]["lr"]
+            emit(step, metrics)
+        if step % cfg.eval_every == 0 or last:
+            t_eval = time.perf_counter()
+            result = evaluate(model, val_loader, len(class_names), device, amp)
+            emit(step, result.metrics(class_names, rare_classes))
+            storage.period_start += time.perf_counter() - t_eval  # step times exclude evaluation
+    assert result is not None
+    return result

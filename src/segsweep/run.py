@@ -1,0 +1,141 @@
+"""One training run from a composed config: validate -> data -> class weights -> model, criterion, optimiser
+-> MLflow run -> train loop -> plots and artifacts -> the objective value for a sweeper.
+
+This is the only module that sees the whole config; everything it calls takes plain values or the validated
+dataclasses of ``segsweep.config``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from segsweep.class_weights import LabelCounts, class_weights_cached, count_labels, format_table, label_iter
+from segsweep.config import Config, validate
+from segsweep.data.build import build_train_val
+from segsweep.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, RARE_CLASSES
+from segsweep.engine.checkpoint import save_atomic
+from segsweep.engine.optim import build_optimizer, build_scheduler
+from segsweep.engine.trainer import TrainState, train
+from segsweep.losses import SegmentationCriterion
+from segsweep.tracking import plots
+from segsweep.tracking.mlflow_writer import MlflowWriter, flatten
+from segsweep.tracking.writers import ConsoleWriter, JsonlWriter, ProgressBar
+
+log = logging.getLogger("segsweep")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config key 'trainer.device': {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def class_weights_for(cfg: Config, sets: dict) -> tuple[torch.Tensor, LabelCounts]:
+    """Class weights from the labels of the training domains named by ``weighting.source``, cached on disk.
+    Counted for ``none`` too: the table shows what the model is trained on."""
+    w = cfg.weighting
+    trained = {"real": sets["real_train"] if cfg.dataset_mix.real_ratio > 0 else None,
+               "synthetic": sets.get("synthetic") if cfg.dataset_mix.real_ratio < 1 else None}
+    names = ["real", "synthetic"] if w.source == "both" else [w.source]
+    datasets = [trained[n] for n in names if trained[n] is not None]
+    identity = {"datasets": [d.fingerprint() for d in datasets], "source": w.source, "fraction": w.fraction,
+                "seed": w.seed, "num_classes": NUM_CLASSES}
+    params = {"beta": w.beta, "count": w.count, "enet_c": w.enet_c}
+    return class_weights_cached(
+        cfg.data.cache_dir, identity, w.method, params,
+        lambda: count_labels(label_iter(datasets, w.fraction, w.seed), NUM_CLASSES, IGNORE_INDEX))
+
+
+def run(cfg: DictConfig) -> float:
+    typed = validate(cfg)  # every config error surfaces here, before any data is read
+    out_dir = Path(typed.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(typed.trainer.device)
+    seed_everything(typed.trainer.seed)
+    model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
+
+    train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
+                                                     typed.trainer.seed, pin_memory=device.type == "cuda")
+    class_weight, counts = class_weights_for(typed, sets)
+    table = format_table(counts, class_weight, CLASS_NAMES)
+    log.info("class weights (%s, source: %s):\n%s", typed.weighting.method, typed.weighting.source, table)
+    (out_dir / "class_weights.txt").write_text(table + "\n")
+    resolved = out_dir / "config_resolved.yaml"
+    resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    model = model.to(device)
+    if typed.trainer.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    criterion = SegmentationCriterion.from_config(typed.loss, typed.dataset_mix, class_weight.to(device))
+    optimizer = build_optimizer(model, typed.optim)
+    scheduler = build_scheduler(optimizer, typed.trainer.max_iters, typed.optim)
+    state = TrainState(model, criterion, optimizer, scheduler)
+
+    writers = [ConsoleWriter(typed.trainer.max_iters), JsonlWriter(out_dir / "metrics.jsonl"),
+               ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar)]
+    mlflow = None
+    if typed.mlflow.enabled:
+        mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, typed.mlflow.run_name,
+                              tags={"segsweep.output_dir": str(out_dir.resolve())})
+        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        mlflow.log_artifact(resolved)
+        mlflow.log_artifact(out_dir / "class_weights.txt")
+        writers.append(mlflow)
+        log.info("MLflow run %s in %s", mlflow.run_id, typed.mlflow.tracking_uri)
+
+    status, result = "FAILED", None
+    try:
+        result = train(state, train_loader, val_loader, typed.trainer, device, writers, list(CLASS_NAMES),
+                       RARE_CLASSES)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for w in writers[:-1] if mlflow else writers:
+            w.close()
+        figures = _plots(out_dir, result, list(criterion.weight_dict))
+        if mlflow is not None:
+            for path in figures:
+                mlflow.log_artifact(path, "plots")
+            mlflow.log_artifact(out_dir / "metrics.jsonl")
+            mlflow.close(status)
+
+    save_atomic({"model": model.state_dict(), "iteration": state.iteration}, out_dir / "model_final.pt")
+    metrics = result.metrics(list(CLASS_NAMES), RARE_CLASSES)
+    log.info("final: val/mIoU %.4f  val/pixel_acc %.4f  val/mIoU_rare %.4f  (%s)", metrics["val/mIoU"],
+             metrics["val/pixel_acc"], metrics["val/mIoU_rare"], out_dir)
+    return float(metrics[typed.objective])
+
+
+def _plots(out_dir: Path, result, terms: list[str]) -> list[Path]:
+    """Figures from metrics.jsonl and the last evaluation; drawn even when training stopped early."""
+    import json
+
+    path = out_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not records:
+        return []
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    figures = [plots.training_curves(records, terms, plot_dir / "training_curves.png")]
+    if result is not None:
+        figures.append(plots.iou_bars(result.iou, list(CLASS_NAMES), plot_dir / "iou_per_class.png"))
+        figures.append(plots.confusion_matrix(result.confusion, list(CLASS_NAMES), plot_dir / "confusion.png"))
+    return figures

@@ -1,0 +1,123 @@
+"""The MLflow run of one training job: params, batched metrics, artifacts, final status.
+
+Every call to the tracking store runs on one background thread, so a slow store (SQLite on a network disk,
+a remote server) never stalls a training step; ``close`` waits for the queue to drain and then marks the run
+FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger("segsweep")
+
+_MAX_PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
+_MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"loss": {"ce_weight": 0.6}} -> {"loss.ce_weight": "0.6"} (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:_MAX_PARAM_LENGTH]
+    return out
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database, not into the current directory."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(urlparse(tracking_uri).path)
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
+    """SQLite stores answer 'database is locked' while another job writes: back off and try again."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # mlflow wraps sqlalchemy errors in MlflowException
+            if i == attempts - 1 or "locked" not in str(e).lower():
+                raise
+            time.sleep(0.2 * 2**i)
+    raise AssertionError("unreachable")
+
+
+class MlflowWriter:
+    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
+                 tags: Mapping[str, str] | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        exp = _retry(lambda: self.client.get_experiment_by_name(experiment_name))
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(experiment_name,
+                                                       artifact_location=artifact_location(tracking_uri))
+            except Exception:  # another job created it in the meantime
+                exp_id = _retry(lambda: self.client.get_experiment_by_name(experiment_name))
+                if exp_id is None:
+                    raise
+                exp_id = exp_id.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
+        self.run_id: str = run.info.run_id
+        self.artifact_uri: str = run.info.artifact_uri
+        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                _retry(job)
+            except BaseException as e:  # reported by close(); training goes on
+                self._errors.append(e)
+                log.warning("MLflow logging failed: %s", e)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            chunk = items[i : i + _MAX_PARAMS_PER_BATCH]
+            self._queue.put(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        chunk = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._queue.put(lambda: self.client.log_batch(self.run_id, tags=chunk))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        self._queue.put(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._queue.put(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Drain the queue, then set the run's final status (FINISHED, FAILED or KILLED)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._errors and status == "FINISHED":
+            log.warning("%d MLflow calls failed; the run is marked FAILED", len(self._errors))
+            status = "FAILED"
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
