@@ -1,0 +1,81 @@
+"""Train and validation DataLoaders from the validated data and mix configs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data._utils.collate import default_collate
+
+from segsweep.config import DataConfig, DatasetMixConfig
+from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError
+from segsweep.data.gta5 import GTA5Segmentation
+from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler
+from segsweep.data.toycity import ensure_toycity
+from segsweep.data.transforms import EvalTransform, TrainTransform
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """default_collate, with loss_weight as float32 (Python floats collate to float64)."""
+    out = default_collate(batch)
+    out["loss_weight"] = out["loss_weight"].float()
+    return out
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give numpy and random the per-worker seed torch already got from the loader's generator."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def resolve_roots(data: DataConfig) -> tuple[Path, Path]:
+    """(Cityscapes-layout root, GTA5-layout root): the generated ToyCity when configured, else the given ones."""
+    if data.toycity is not None:
+        return ensure_toycity(data.cache_dir, data.toycity)
+    return Path(str(data.real_root)), Path(str(data.synthetic_root))
+
+
+def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, seed: int,
+                    pin_memory: bool) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
+    """An infinite mixed training loader, a one-pass real validation loader, and the raw datasets.
+
+    The dict holds ``real_train``, ``synthetic`` (None when no batch uses synthetic samples), ``real_val`` (loader
+    datasets, e.g. for class-frequency counting), ``train_sampler`` and ``real_per_batch``.
+    """
+    real_root, synthetic_root = resolve_roots(data)
+    needed = [("data.real_root", real_root, "the Cityscapes root, holding leftImg8bit/ and gtFine/")]
+    if mix.real_ratio < 1:
+        needed.append(("data.synthetic_root", synthetic_root, "the GTA5 root, holding images/ and labels/"))
+    for key, root, what in needed:
+        if not root.is_dir():
+            raise DatasetError(f"config key '{key}': directory {root} does not exist (expected {what})")
+    # Every dataset is opened here, so missing directories and labels stop the run before training starts.
+    real_train = CityscapesSegmentation(real_root, data.train_split, data.resize)
+    real_val = CityscapesSegmentation(real_root, data.val_split, data.resize)
+    synthetic = GTA5Segmentation(synthetic_root, data.resize) if mix.real_ratio < 1 else None
+
+    train_tf = TrainTransform(data.crop_size, data.scale_range, data.hflip)
+    parts = [DomainDataset(real_train, REAL, mix.real_loss_weight, train_tf)]
+    if synthetic is not None:
+        parts.append(DomainDataset(synthetic, SYNTHETIC, mix.synthetic_loss_weight, train_tf))
+    sampler = MixedBatchSampler(len(real_train), len(synthetic) if synthetic is not None else 0, batch_size,
+                                mix.real_ratio, seed)
+    workers = data.num_workers
+    train_loader = DataLoader(
+        ConcatDataset(parts), batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),  # fixes the workers' seeds (and so the crops) for a seed
+    )
+    val_loader = DataLoader(
+        DomainDataset(real_val, REAL, mix.real_loss_weight, EvalTransform()), batch_size=data.val_batch_size,
+        shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
+    info = {"real_train": real_train, "synthetic": synthetic, "real_val": real_val, "train_sampler": sampler,
+            "real_per_batch": sampler.k_real}
+    return train_loader, val_loader, info

@@ -1,0 +1,28 @@
+"""GTA5-layout loader: ``root/images/*.png`` with ``root/labels/<same name>``.
+
+GTA5 labels are palette PNGs whose *indices* are Cityscapes label ids; they are read as indices (never converted
+to RGB) and mapped to trainIds with the shared lookup table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segsweep.data.cityscapes import DatasetError, PairedSegmentation, read_id_label, require_dir
+
+
+class GTA5Segmentation(PairedSegmentation):
+    def __init__(self, root: str | Path, resize: list[int] | tuple[int, int] | None = None) -> None:
+        super().__init__(resize)
+        self.root = Path(root)
+        require_dir(self.root, "GTA5 root")
+        img_dir = require_dir(self.root / "images", "GTA5 images")
+        label_dir = require_dir(self.root / "labels", "GTA5 labels")
+        self.image_paths = sorted(img_dir.glob("*.png"))
+        if not self.image_paths:
+            raise DatasetError(f"no images found under {img_dir} (expected *.png)")
+        self.label_paths = [label_dir / p.name for p in self.image_paths]
+        for img, label in zip(self.image_paths, self.label_paths, strict=True):
+            if not label.is_file():
+                raise DatasetError(f"image {img} has no label: expected {label}")
+        self._readers = [read_id_label] * len(self.image_paths)

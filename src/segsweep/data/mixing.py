@@ -1,0 +1,96 @@
+"""Real/synthetic mixing: samples tagged with their domain and loss weight, and a fixed-ratio batch sampler.
+
+The domain is carried explicitly with every sample and never inferred from the loss weight: a synthetic weight
+of 0 (synthetic samples seen but not trained on) or 1 (same as real) is legal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+REAL = 0
+SYNTHETIC = 1
+
+
+def real_per_batch(real_ratio: float, batch_size: int) -> int:
+    """Real samples in every batch: real_ratio * batch_size rounded half *up* (2.5 -> 3, 3.5 -> 4).
+
+    Not Python's ``round``, whose banker's rounding sends halves to the even neighbour (round(2.5) == 2 but
+    round(3.5) == 4): half-up is what one expects ("50 % of 5" gives 3 real). A tiny tolerance absorbs float
+    error (0.35 * 10 = 3.4999999999999996 counts as 3.5).
+    """
+    if not 0.0 <= real_ratio <= 1.0:
+        raise ValueError(f"real_ratio must be in [0, 1], got {real_ratio}")
+    return min(batch_size, math.floor(real_ratio * batch_size + 0.5 + 1e-9))
+
+
+class DomainDataset(torch.utils.data.Dataset):
+    """Wraps a loader: ``dict(image, label, domain, loss_weight)`` after ``transform``."""
+
+    def __init__(self, dataset: Any, domain: int, loss_weight: float, transform: Callable[[dict], dict]) -> None:
+        if domain not in (REAL, SYNTHETIC):
+            raise ValueError(f"domain must be {REAL} (real) or {SYNTHETIC} (synthetic), got {domain!r}")
+        self.dataset, self.domain, self.loss_weight, self.transform = dataset, domain, float(loss_weight), transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out = self.transform(self.dataset[i])
+        return {"image": out["image"], "label": out["label"], "domain": self.domain, "loss_weight": self.loss_weight}
+
+
+class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches over ``ConcatDataset([real, synthetic])`` with exactly ``real_per_batch`` real indices each.
+
+    Real indices come first in each batch (0..n_real-1), then synthetic ones (offset by n_real). Each domain walks
+    its own seeded permutation, a fresh one per pass, so no index repeats within a pass. Infinite unless
+    ``num_batches`` is given. Every ``iter()`` restarts the same sequence; ``start_batch`` skips that many batches
+    first (cheap: only indices are drawn), e.g. to resume a run.
+    """
+
+    def __init__(self, n_real: int, n_synthetic: int, batch_size: int, real_ratio: float, seed: int,
+                 num_batches: int | None = None, start_batch: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n_real, self.n_synthetic, self.batch_size = n_real, n_synthetic, batch_size
+        self.k_real = real_per_batch(real_ratio, batch_size)
+        self.k_synthetic = batch_size - self.k_real
+        if self.k_real and n_real < 1:
+            raise ValueError(f"real_ratio={real_ratio} needs {self.k_real} real samples per batch of {batch_size}, "
+                             "but the real dataset is empty")
+        if self.k_synthetic and n_synthetic < 1:
+            raise ValueError(f"real_ratio={real_ratio} needs {self.k_synthetic} synthetic samples per batch of "
+                             f"{batch_size}, but the synthetic dataset is empty")
+        self.seed, self.num_batches, self.start_batch = seed, num_batches, start_batch
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("MixedBatchSampler is infinite (num_batches=None) and has no length")
+        return self.num_batches
+
+    @staticmethod
+    def _stream(n: int, rng: np.random.Generator) -> Iterator[int]:
+        while True:
+            yield from rng.permutation(n).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Separate streams per domain: the real order does not depend on how many synthetic samples are drawn.
+        real = self._stream(self.n_real, np.random.default_rng([self.seed, REAL])) if self.k_real else iter(())
+        syn = self._stream(self.n_synthetic, np.random.default_rng([self.seed, SYNTHETIC])) if self.k_synthetic \
+            else iter(())
+
+        def draw() -> list[int]:
+            return [next(real) for _ in range(self.k_real)] + [self.n_real + next(syn) for _ in range(self.k_synthetic)]
+
+        for _ in range(self.start_batch):
+            draw()
+        b = 0
+        while self.num_batches is None or b < self.num_batches:
+            yield draw()
+            b += 1

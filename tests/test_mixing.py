@@ -1,0 +1,128 @@
+"""Fixed-ratio mixed batches, domain-tagged samples, and the train/val loaders built from the configs."""
+
+import itertools
+
+import pytest
+import torch
+
+from segsweep.config import DataConfig, DatasetMixConfig, ToyCityConfig
+from segsweep.data.build import build_train_val
+from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler, real_per_batch
+
+
+def _batches(sampler, n):
+    return list(itertools.islice(iter(sampler), n))
+
+
+# (real_ratio, batch_size) -> real samples per batch, rounded half up (Python's round would give 2 for 0.5 * 5).
+CASES = {(0.7, 8): 6, (0.7, 5): 4, (0.5, 5): 3, (0.1, 5): 1, (0.5, 4): 2, (0.3, 5): 2, (0.35, 10): 4, (0.0, 4): 0,
+         (1.0, 4): 4, (0.99, 8): 8, (0.04, 8): 0, (0.7, 1): 1}
+
+
+@pytest.mark.parametrize("ratio_bs", list(CASES))
+def test_every_batch_has_the_exact_real_count(ratio_bs):
+    ratio, bs = ratio_bs
+    k = CASES[ratio_bs]
+    assert real_per_batch(ratio, bs) == k
+    n_real, n_syn = 7, 5
+    for batch in _batches(MixedBatchSampler(n_real, n_syn, bs, ratio, seed=0), 30):
+        assert len(batch) == bs
+        assert sum(i < n_real for i in batch) == k
+        assert all(0 <= i < n_real + n_syn for i in batch)
+
+
+def test_no_repeat_within_a_pass_and_fresh_permutations():
+    n_real, n_syn = 12, 9
+    batches = _batches(MixedBatchSampler(n_real, n_syn, 6, 0.5, seed=3), 24)  # 3 real + 3 synthetic per batch
+    real = [i for b in batches for i in b if i < n_real]
+    syn = [i - n_real for b in batches for i in b if i >= n_real]
+    for seq, n in ((real, n_real), (syn, n_syn)):
+        passes = [seq[p * n:(p + 1) * n] for p in range(len(seq) // n)]
+        assert len(passes) >= 3
+        assert all(sorted(p) == list(range(n)) for p in passes)  # each pass is a permutation
+        assert len({tuple(p) for p in passes}) > 1  # reshuffled between passes
+
+
+def test_reproducible_for_a_seed():
+    a = _batches(MixedBatchSampler(10, 10, 4, 0.5, seed=7), 20)
+    assert a == _batches(MixedBatchSampler(10, 10, 4, 0.5, seed=7), 20)
+    assert a != _batches(MixedBatchSampler(10, 10, 4, 0.5, seed=8), 20)
+    s = MixedBatchSampler(10, 10, 4, 0.5, seed=7)
+    assert _batches(s, 20) == _batches(s, 20)  # every iter() restarts the same sequence
+    s.start_batch = 5
+    assert _batches(s, 15) == a[5:]
+
+
+def test_finite_length():
+    s = MixedBatchSampler(5, 5, 2, 0.5, seed=0, num_batches=7)
+    assert len(s) == 7 and len(list(s)) == 7
+    with pytest.raises(TypeError):
+        len(MixedBatchSampler(5, 5, 2, 0.5, seed=0))
+
+
+def test_empty_domains():
+    assert all(i < 3 for b in _batches(MixedBatchSampler(3, 0, 4, 1.0, seed=0), 5) for i in b)
+    assert all(i >= 0 for b in _batches(MixedBatchSampler(0, 3, 4, 0.0, seed=0), 5) for i in b)
+    with pytest.raises(ValueError, match="synthetic dataset is empty"):
+        MixedBatchSampler(3, 0, 4, 0.5, seed=0)
+    with pytest.raises(ValueError, match="real dataset is empty"):
+        MixedBatchSampler(0, 3, 4, 0.5, seed=0)
+
+
+class _Fake:
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return {"image": torch.zeros(3, 2, 2, dtype=torch.uint8), "label": torch.full((2, 2), i)}
+
+
+def test_domain_dataset_fields():
+    def tf(s):
+        return s
+
+    real = DomainDataset(_Fake(), REAL, 1.0, tf)[1]
+    assert real["domain"] == 0 and real["loss_weight"] == 1.0 and real["label"].tolist() == [[1, 1], [1, 1]]
+    syn = DomainDataset(_Fake(), SYNTHETIC, 0.0, tf)[0]
+    assert syn["domain"] == 1 and syn["loss_weight"] == 0.0  # weight 0 is still the synthetic domain
+    with pytest.raises(ValueError):
+        DomainDataset(_Fake(), 2, 1.0, tf)
+
+
+def _data_cfg(tmp_path, workers=0):
+    return DataConfig(name="toycity", cache_dir=str(tmp_path), num_workers=workers, val_batch_size=2,
+                      toycity=ToyCityConfig(seed=0, height=32, width=64, n_real_train=6, n_real_val=3, n_synthetic=5),
+                      crop_size=[24, 24], scale_range=[0.75, 1.5])
+
+
+def test_build_train_val_on_tiny_toycity(tmp_path):
+    mix = DatasetMixConfig(name="mixed", real_ratio=0.5, real_loss_weight=1.0, synthetic_loss_weight=0.0)
+    train, val, info = build_train_val(_data_cfg(tmp_path), mix, batch_size=4, seed=0, pin_memory=False)
+    assert len(info["real_train"]) == 6 and len(info["synthetic"]) == 5 and len(info["real_val"]) == 3
+    batch = next(iter(train))
+    assert batch["image"].shape == (4, 3, 24, 24) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (4, 24, 24) and batch["label"].dtype == torch.int64
+    assert batch["domain"].tolist() == [0, 0, 1, 1] and batch["domain"].dtype == torch.int64
+    assert batch["loss_weight"].dtype == torch.float32 and batch["loss_weight"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    labels = set(batch["label"].unique().tolist())
+    assert labels <= set(range(19)) | {255} and len(labels) > 3
+    val_batches = list(val)
+    assert [b["image"].shape[0] for b in val_batches] == [2, 1]  # one ordered pass over the real val split
+    assert val_batches[0]["image"].shape[1:] == (3, 32, 64)
+    assert all(b["domain"].tolist() == [0] * len(b["domain"]) for b in val_batches)
+
+    torch.manual_seed(0)
+    a = next(iter(build_train_val(_data_cfg(tmp_path), mix, 4, seed=0, pin_memory=False)[0]))
+    torch.manual_seed(0)
+    b = next(iter(build_train_val(_data_cfg(tmp_path), mix, 4, seed=0, pin_memory=False)[0]))
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])  # reproducible crops
+
+
+def test_build_real_only_with_a_worker(tmp_path):
+    mix = DatasetMixConfig(name="real_only", real_ratio=1.0)
+    train, _, info = build_train_val(_data_cfg(tmp_path, workers=1), mix, batch_size=3, seed=1, pin_memory=False)
+    assert info["synthetic"] is None
+    it = iter(train)
+    batches = [next(it) for _ in range(3)]
+    assert all(b["domain"].tolist() == [0, 0, 0] for b in batches)
+    assert batches[0]["image"].shape == (3, 3, 24, 24)
