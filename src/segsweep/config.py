@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -75,7 +75,7 @@ class WeightingConfig:
 @dataclass
 class DatasetMixConfig:
     name: Literal["mixed", "real_only", "synthetic_only"] = "mixed"
-    real_ratio: float = 0.7  # fraction of every training batch drawn from the real domain
+    real_ratio: float = 0.7  # fraction of every training batch drawn from the real domain (count rounded half up)
     real_loss_weight: float = 1.0  # w_i of real samples in L = (1/N) sum_i w_i L_i
     synthetic_loss_weight: float = 0.5  # w_i of synthetic samples; 0 means synthetic samples do not train
     reduction: Literal["mean", "weight_normalized"] = "mean"  # (1/N) sum w_i L_i, or sum w_i L_i / sum w_i
@@ -114,13 +114,13 @@ class ToyCityConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    real_root: Optional[str] = None  # Cityscapes layout: leftImg8bit/<split>/<city>/..., gtFine/<split>/<city>/...
-    synthetic_root: Optional[str] = None  # GTA5 layout: images/*.png, labels/*.png (palette = Cityscapes ids)
-    toycity: Optional[ToyCityConfig] = None  # set: generate the embedded data and ignore the roots
+    real_root: str | None = None  # Cityscapes layout: leftImg8bit/<split>/<city>/..., gtFine/<split>/<city>/...
+    synthetic_root: str | None = None  # GTA5 layout: images/*.png, labels/*.png (palette = Cityscapes ids)
+    toycity: ToyCityConfig | None = None  # set: generate the embedded data and ignore the roots
     cache_dir: str = MISSING  # generated data and class-weight caches
     train_split: str = "train"
     val_split: str = "val"
-    resize: Optional[list[int]] = None  # [H, W] every image is resized to first (None: native size)
+    resize: list[int] | None = None  # [H, W] every image is resized to first (None: native size)
     crop_size: list[int] = field(default_factory=lambda: [96, 96])  # [H, W] of training crops
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.5])  # random rescale before the crop
     hflip: bool = True
@@ -190,7 +190,7 @@ class MlflowConfig:
     enabled: bool = True
     tracking_uri: str = MISSING  # default sqlite:///<project root>/mlflow.db
     experiment_name: str = "segsweep"
-    run_name: Optional[str] = None
+    run_name: str | None = None
 
 
 @dataclass
