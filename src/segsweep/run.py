@@ -54,8 +54,9 @@ def class_weights_for(cfg: Config, sets: dict) -> tuple[torch.Tensor, LabelCount
                "synthetic": sets.get("synthetic") if cfg.dataset_mix.real_ratio < 1 else None}
     names = ["real", "synthetic"] if w.source == "both" else [w.source]
     datasets = [trained[n] for n in names if trained[n] is not None]
+    # "formula" changes whenever compute_class_weights changes, so that old cache files are not reused.
     identity = {"datasets": [d.fingerprint() for d in datasets], "source": w.source, "fraction": w.fraction,
-                "seed": w.seed, "num_classes": NUM_CLASSES}
+                "seed": w.seed, "num_classes": NUM_CLASSES, "formula": 1}
     params = {"beta": w.beta, "count": w.count, "enet_c": w.enet_c}
     return class_weights_cached(
         cfg.data.cache_dir, identity, w.method, params,

@@ -1,0 +1,111 @@
+"""A few training iterations through Hydra's compose API and through ``python train.py`` in a subprocess,
+with outputs, data cache and MLflow store in temporary directories."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from segsweep.config import register_configs
+from segsweep.run import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [  # a tiny toycity and a few iterations: seconds on a CPU
+    "data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12", "data.toycity.n_real_val=4",
+    "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.num_workers=0", "data.val_batch_size=4",
+    "trainer.max_iters=6", "trainer.batch_size=4", "trainer.log_every=3", "trainer.eval_every=3",
+    "trainer.progress_bar=off", "model.base_channels=4", "model.depth=2",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def run_composed(tmp_path: Path, cache_dir: Path, *overrides: str) -> tuple[float, Path, str]:
+    register_configs()
+    out = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=[*TINY, f"data.cache_dir={cache_dir}", f"output_dir={out}",
+                                           f"mlflow.tracking_uri={uri}", *overrides])
+    return run(cfg), out, uri
+
+
+def test_compose_run_logs_split_monitors_and_returns_miou(tmp_path, cache_dir):
+    value, out, uri = run_composed(tmp_path, cache_dir, "loss=combined", "weighting=sqrt_inv_freq")
+    assert 0.0 <= value <= 1.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "train/loss" in r]
+    assert [r["iteration"] for r in train] == [3, 6]
+    for key in ("train/ce", "train/dice", "train/ce_real", "train/ce_synthetic", "train/dice_real",
+                "train/dice_synthetic", "train/lr"):
+        assert key in train[-1], key
+    # The logged loss is the optimised one: alpha * ce + beta * dice (no aux head here).
+    last = train[-1]
+    assert last["train/loss"] == pytest.approx(0.6 * last["train/ce"] + 0.4 * last["train/dice"], rel=1e-5)
+    evals = [r for r in records if "val/mIoU" in r]
+    assert [r["iteration"] for r in evals] == [3, 6] and evals[-1]["val/mIoU"] == pytest.approx(value)
+    for name in ("class_weights.txt", "config_resolved.yaml", "model_final.pt", "plots/training_curves.png",
+                 "plots/iou_per_class.png", "plots/confusion.png"):
+        assert (out / name).is_file(), name
+    assert "traffic light" in (out / "class_weights.txt").read_text()
+
+    client = MlflowClient(uri)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["loss.ce_weight"] == "0.6" and mlrun.data.params["weighting.method"] == "sqrt_inv_freq"
+    history = client.get_metric_history(mlrun.info.run_id, "train/ce_synthetic")
+    assert [m.step for m in history] == [3, 6]
+    assert mlrun.data.metrics["val/mIoU"] == pytest.approx(value)
+    assert any(k.startswith("val/IoU/") for k in mlrun.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    assert {"config_resolved.yaml", "class_weights.txt", "metrics.jsonl", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(mlrun.info.run_id, "plots")}
+    assert "plots/training_curves.png" in plots
+
+
+def test_aux_head_terms_real_only_and_synthetic_weight_zero(tmp_path, cache_dir):
+    _, out, _ = run_composed(tmp_path, cache_dir, "model.aux_head=true", "dataset_mix=real_only", "loss=ce",
+                             "weighting=median_freq", "mlflow.enabled=false")
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in line][-1]
+    assert last["train/loss"] == pytest.approx(last["train/ce"] + 0.4 * last["train/ce_0"], rel=1e-5)
+    assert "train/ce_real" in last and "train/ce_synthetic" not in last  # no synthetic sample: monitor absent
+
+    _, out, _ = run_composed(tmp_path / "b", cache_dir, "dataset_mix.synthetic_loss_weight=0", "loss=dice",
+                             "mlflow.enabled=false")
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in line][-1]
+    assert "train/dice_synthetic" in last  # weight 0 still has its (unweighted) monitor
+
+
+def test_cli_subprocess_records_run_in_mlflow(tmp_path, cache_dir):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "SEGSWEEP_CACHE": str(cache_dir)}
+    cmd = [sys.executable, str(ROOT / "train.py"), "loss=combined", "weighting=sqrt_inv_freq", *TINY,
+           f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path}/out"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert "ce_real:" in log and "dice_synthetic:" in log and "final: val/mIoU" in log
+    client = MlflowClient(uri)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
+    assert mlrun.info.status == "FINISHED"
+    for key in ("train/loss", "train/ce", "train/dice", "train/ce_real", "train/ce_synthetic", "train/dice_real",
+                "train/dice_synthetic", "train/lr", "val/mIoU"):
+        assert key in mlrun.data.metrics, key
+
+
+def test_cli_bad_value_stops_before_training_with_the_key(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "dataset_mix.real_ratio=1.7",
+                           f"hydra.run.dir={tmp_path}/out", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "config key 'dataset_mix.real_ratio': expected a number in [0, 1], got 1.7" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr  # one clear line, not a stack trace
+    assert not (tmp_path / "m.db").exists()  # nothing was started
