@@ -19,8 +19,9 @@ TINY = [  # a tiny toycity and a few iterations: seconds on a CPU
     "data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12", "data.toycity.n_real_val=4",
     "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.num_workers=0", "data.val_batch_size=4",
     "trainer.max_iters=6", "trainer.batch_size=4", "trainer.log_every=3", "trainer.eval_every=3",
-    "trainer.progress_bar=off", "model.base_channels=4", "model.depth=2",
+    "trainer.progress_bar=off",
 ]
+TINY_UNET = ["model.base_channels=4", "model.depth=2"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def run_composed(tmp_path: Path, cache_dir: Path, *overrides: str) -> tuple[floa
     out = tmp_path / "run"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with initialize_config_dir(config_dir=str(ROOT / "conf")):
-        cfg = compose("config", overrides=[*TINY, f"data.cache_dir={cache_dir}", f"output_dir={out}",
+        model = [] if any(o.startswith("model=") for o in overrides) else TINY_UNET
+        cfg = compose("config", overrides=[*TINY, *model, f"data.cache_dir={cache_dir}", f"output_dir={out}",
                                            f"mlflow.tracking_uri={uri}", *overrides])
     return run(cfg), out, uri
 
@@ -87,7 +89,7 @@ def test_aux_head_terms_real_only_and_synthetic_weight_zero(tmp_path, cache_dir)
 def test_cli_subprocess_records_run_in_mlflow(tmp_path, cache_dir):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "SEGSWEEP_CACHE": str(cache_dir)}
-    cmd = [sys.executable, str(ROOT / "train.py"), "loss=combined", "weighting=sqrt_inv_freq", *TINY,
+    cmd = [sys.executable, str(ROOT / "train.py"), "loss=combined", "weighting=sqrt_inv_freq", *TINY, *TINY_UNET,
            f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path}/out"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -109,3 +111,37 @@ def test_cli_bad_value_stops_before_training_with_the_key(tmp_path):
     assert "config key 'dataset_mix.real_ratio': expected a number in [0, 1], got 1.7" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr  # one clear line, not a stack trace
     assert not (tmp_path / "m.db").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("overrides", [
+    ["weighting=none"], ["weighting=inverse_freq"], ["weighting=effective_num"], ["weighting=enet"],
+    ["weighting=median_freq", "weighting.source=real", "weighting.fraction=0.5"],
+    ["dataset_mix=synthetic_only", "weighting.source=synthetic"],
+    ["dataset_mix.reduction=weight_normalized", "loss.dice_pooling=batch", "loss.squared_denominator=true"],
+    ["optim=sgd", "optim.schedule=cosine"],
+    ["model=deeplabv3", "model.width=4", "model.depth=50"],
+], ids=lambda o: " ".join(o))
+def test_every_option_trains(tmp_path, cache_dir, overrides):
+    value, out, _ = run_composed(tmp_path, cache_dir, "trainer.max_iters=2", "trainer.log_every=1",
+                                 "mlflow.enabled=false", *overrides)
+    assert 0.0 <= value <= 1.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(v > 0 for v in losses)
+
+
+def test_cityscapes_gta5_config_reads_the_real_layouts(tmp_path, cache_dir):
+    """data=cityscapes_gta5 pointed at generated data in the Cityscapes and GTA5 layouts."""
+    from segsweep.config import ToyCityConfig
+    from segsweep.data.toycity import ensure_toycity
+
+    toy = ToyCityConfig(height=64, width=128, n_real_train=12, n_real_val=4, n_synthetic=12)
+    cityscapes, gta5 = ensure_toycity(cache_dir, toy)
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=[
+            "data=cityscapes_gta5", f"data.real_root={cityscapes}", f"data.synthetic_root={gta5}",
+            f"data.cache_dir={cache_dir}", "data.resize=[32,64]", "data.crop_size=[32,32]", "data.num_workers=0",
+            "trainer.max_iters=2", "trainer.batch_size=4", "trainer.log_every=1", "trainer.progress_bar=off",
+            "model.base_channels=4", "model.depth=2", "mlflow.enabled=false", f"output_dir={tmp_path}/run"])
+    assert 0.0 <= run(cfg) <= 1.0

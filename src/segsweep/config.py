@@ -165,9 +165,9 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_iters: int = 600
+    max_iters: int = 1200
     batch_size: int = 8
-    eval_every: int = 200  # also evaluated at the end
+    eval_every: int = 400  # also evaluated at the end
     log_every: int = 20  # losses are read from the device once per this many iterations
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
