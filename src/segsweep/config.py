@@ -36,13 +36,17 @@ def _finite(x: float) -> bool:
 class LossConfig:
     name: Literal["ce", "dice", "combined"] = "combined"
     ce_weight: float = 0.6  # alpha: weight of the cross-entropy term
-    dice_weight: float = 0.4  # beta: weight of the soft-Dice term
+    dice_weight: float | None = 0.4  # beta: weight of the soft-Dice term; null: 1 - alpha (a CE share to sweep)
     smooth: float = 1.0  # Dice smoothing added to numerator and denominator
     squared_denominator: bool = False  # Dice denominator sum(p^2) + sum(y^2) instead of sum(p) + sum(y)
     dice_pooling: Literal["image", "batch"] = "image"  # Dice per image (gives L_i) or pooled over the batch
     aux_weight: float = 0.4  # weight of every auxiliary-head term (deep supervision), when the model has one
 
     def __post_init__(self) -> None:
+        if self.dice_weight is None:
+            _check(_finite(self.ce_weight) and 0 <= self.ce_weight <= 1, "loss.ce_weight",
+                   "a number in [0, 1] when loss.dice_weight is null (beta = 1 - alpha)", self.ce_weight)
+            self.dice_weight = 1.0 - self.ce_weight
         for k in ("ce_weight", "dice_weight", "aux_weight"):
             v = getattr(self, k)
             _check(_finite(v) and v >= 0, f"loss.{k}", "a finite number >= 0", v)
@@ -175,6 +179,7 @@ class TrainerConfig:
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
     progress_bar: str = "auto"  # auto: only when stderr is a terminal
+    num_threads: int | None = None  # torch CPU threads (None: torch's default); 1 when trials run side by side
 
     def __post_init__(self) -> None:
         for k in ("max_iters", "batch_size", "eval_every", "log_every"):
@@ -183,6 +188,8 @@ class TrainerConfig:
                "auto, cpu, cuda or cuda:N", self.device)
         _check(self.progress_bar in ("auto", "on", "off"), "trainer.progress_bar", "auto, on or off",
                self.progress_bar)
+        _check(self.num_threads is None or self.num_threads >= 1, "trainer.num_threads", "null or an integer >= 1",
+               self.num_threads)
 
 
 @dataclass
@@ -191,6 +198,19 @@ class MlflowConfig:
     tracking_uri: str = MISSING  # default sqlite:///<project root>/mlflow.db
     experiment_name: str = "segsweep"
     run_name: str | None = None
+
+
+@dataclass
+class StudyConfig:
+    """How a trial's job reaches its Optuna trial and its study's MLflow parent run. The sweeper sets every key
+    but ``pruner`` on each job's command line; in a single run they stay null and nothing is reported."""
+
+    name: str | None = None  # the Optuna study (also the MLflow parent run's name)
+    storage: str | None = None  # its storage URL
+    trial_id: int | None = None  # the trial this job evaluates
+    trial_number: int | None = None  # its number in the study (names the job directory and the MLflow run)
+    parent_run_id: str | None = None  # the study's MLflow run; this job's run is its child
+    pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 1}; null: no pruning
 
 
 @dataclass
@@ -203,12 +223,15 @@ class Config:
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    objective: str = "val/mIoU"  # the metric train.py returns (from the last evaluation)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    objective: Any = "val/mIoU"  # the metric train.py returns (last evaluation); a list for multi-objective studies
     output_dir: str = "."  # the run directory (Hydra's runtime.output_dir)
 
     def __post_init__(self) -> None:
         allowed = ("val/mIoU", "val/pixel_acc", "val/mIoU_rare")
-        _check(self.objective in allowed, "objective", f"one of {list(allowed)}", self.objective)
+        names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
+        _check(len(names) >= 1 and all(n in allowed for n in names), "objective",
+               f"one of {list(allowed)} or a list of them", self.objective)
         if self.dataset_mix.name == "synthetic_only" or self.dataset_mix.real_ratio == 0:
             _check(self.weighting.source != "real" or self.weighting.method == "none", "weighting.source",
                    "'synthetic' or 'both' when no real sample is trained on", self.weighting.source)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +26,7 @@ from segsweep.engine.checkpoint import save_atomic
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
+from segsweep.sweep.trial import TrialLink
 from segsweep.tracking import plots
 from segsweep.tracking.mlflow_writer import MlflowWriter, flatten
 from segsweep.tracking.writers import ConsoleWriter, JsonlWriter, ProgressBar
@@ -63,17 +66,37 @@ def class_weights_for(cfg: Config, sets: dict) -> tuple[torch.Tensor, LabelCount
         lambda: count_labels(label_iter(datasets, w.fraction, w.seed), NUM_CLASSES, IGNORE_INDEX))
 
 
-def run(cfg: DictConfig) -> float:
+def objective_names(cfg: Config) -> list[str]:
+    return [cfg.objective] if isinstance(cfg.objective, str) else list(cfg.objective)
+
+
+def effective_params(cfg: Config) -> dict[str, str]:
+    """The validated values (``loss.dice_weight`` null is logged as the 1 - alpha it stands for)."""
+    params = asdict(cfg)
+    params["model"] = OmegaConf.to_container(cfg.model, resolve=True)
+    params.pop("study")  # per-trial ids: tags of the run, not parameters of the model
+    return flatten(params)
+
+
+def run(cfg: DictConfig) -> float | list[float]:
     typed = validate(cfg)  # every config error surfaces here, before any data is read
     out_dir = Path(typed.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(typed.trainer.device)
+    if typed.trainer.num_threads:
+        torch.set_num_threads(typed.trainer.num_threads)
     seed_everything(typed.trainer.seed)
     model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
+    trial = TrialLink.from_config(typed.study)  # None outside a sweep
 
-    train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
-                                                     typed.trainer.seed, pin_memory=device.type == "cuda")
-    class_weight, counts = class_weights_for(typed, sets)
+    try:
+        train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
+                                                         typed.trainer.seed, pin_memory=device.type == "cuda")
+        class_weight, counts = class_weights_for(typed, sets)
+    except BaseException as e:  # a bad sampled value or bad data fails the trial, with its reason
+        if trial is not None:
+            trial.failed(e)
+        raise
     table = format_table(counts, class_weight, CLASS_NAMES)
     log.info("class weights (%s, source: %s):\n%s", typed.weighting.method, typed.weighting.source, table)
     (out_dir / "class_weights.txt").write_text(table + "\n")
@@ -92,21 +115,38 @@ def run(cfg: DictConfig) -> float:
                ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar)]
     mlflow = None
     if typed.mlflow.enabled:
-        mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, typed.mlflow.run_name,
-                              tags={"segsweep.output_dir": str(out_dir.resolve())})
-        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        tags = {"segsweep.output_dir": str(out_dir.resolve())}
+        run_name = typed.mlflow.run_name
+        if typed.study.parent_run_id:
+            tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
+                         "segsweep.trial": str(typed.study.trial_number)})
+            run_name = run_name or f"trial-{typed.study.trial_number}"
+        mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags=tags)
+        mlflow.log_params(effective_params(typed))
         mlflow.log_artifact(resolved)
         mlflow.log_artifact(out_dir / "class_weights.txt")
         writers.append(mlflow)
         log.info("MLflow run %s in %s", mlflow.run_id, typed.mlflow.tracking_uri)
+    if trial is not None:
+        trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
 
+    names = objective_names(typed)
+    on_eval = (lambda step, metrics: trial.report(step, metrics[names[0]])) if trial is not None else None
     status, result = "FAILED", None
     try:
         result = train(state, train_loader, val_loader, typed.trainer, device, writers, list(CLASS_NAMES),
-                       RARE_CLASSES)
+                       RARE_CLASSES, on_eval)
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except optuna.TrialPruned:
+        status = "KILLED"  # MLflow has no 'pruned' status: KILLED plus the tag below
+        if mlflow is not None:
+            mlflow.set_tags({"segsweep.trial_state": "PRUNED"})
+        trial.pruned()
+        raise
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        if trial is not None:
+            trial.failed(e)
         raise
     finally:
         for w in writers[:-1] if mlflow else writers:
@@ -122,7 +162,10 @@ def run(cfg: DictConfig) -> float:
     metrics = result.metrics(list(CLASS_NAMES), RARE_CLASSES)
     log.info("final: val/mIoU %.4f  val/pixel_acc %.4f  val/mIoU_rare %.4f  (%s)", metrics["val/mIoU"],
              metrics["val/pixel_acc"], metrics["val/mIoU_rare"], out_dir)
-    return float(metrics[typed.objective])
+    values = [float(metrics[n]) for n in names]
+    if trial is not None:
+        trial.complete(values)
+    return values[0] if isinstance(typed.objective, str) else values
 
 
 def _plots(out_dir: Path, result, terms: list[str]) -> list[Path]:

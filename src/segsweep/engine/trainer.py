@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +40,12 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_las
 
 def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg: TrainerConfig,
           device: torch.device, writers: list[Writer], class_names: list[str],
-          rare_classes: tuple[int, ...] = ()) -> EvalResult:
-    """Train until ``cfg.max_iters``; returns the last evaluation on the validation split."""
+          rare_classes: tuple[int, ...] = (),
+          on_eval: Callable[[int, dict[str, float]], None] | None = None) -> EvalResult:
+    """Train until ``cfg.max_iters``; returns the last evaluation on the validation split.
+
+    ``on_eval(iteration, metrics)`` runs after every evaluation (a sweep reports to its pruner there; it may
+    raise to stop the run)."""
     use_cuda = device.type == "cuda"
     amp = cfg.amp and use_cuda
     channels_last = cfg.channels_last and use_cuda
@@ -81,7 +85,10 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
         if step % cfg.eval_every == 0 or last:
             t_eval = time.perf_counter()
             result = evaluate(model, val_loader, len(class_names), device, amp)
-            emit(step, result.metrics(class_names, rare_classes))
+            metrics = result.metrics(class_names, rare_classes)
+            emit(step, metrics)
             storage.period_start += time.perf_counter() - t_eval  # step times exclude evaluation
+            if on_eval is not None:
+                on_eval(step, metrics)
     assert result is not None
     return result

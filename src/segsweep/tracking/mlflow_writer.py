@@ -43,7 +43,7 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def _retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
+def retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
     """SQLite stores answer 'database is locked' while another job writes: back off and try again."""
     for i in range(attempts):
         try:
@@ -61,19 +61,19 @@ class MlflowWriter:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
-        exp = _retry(lambda: self.client.get_experiment_by_name(experiment_name))
+        exp = retry(lambda: self.client.get_experiment_by_name(experiment_name))
         if exp is None:
             try:
                 exp_id = self.client.create_experiment(experiment_name,
                                                        artifact_location=artifact_location(tracking_uri))
             except Exception:  # another job created it in the meantime
-                exp_id = _retry(lambda: self.client.get_experiment_by_name(experiment_name))
+                exp_id = retry(lambda: self.client.get_experiment_by_name(experiment_name))
                 if exp_id is None:
                     raise
                 exp_id = exp_id.experiment_id
         else:
             exp_id = exp.experiment_id
-        run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
+        run = retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri
         self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
@@ -84,7 +84,7 @@ class MlflowWriter:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                _retry(job)
+                retry(job)
             except BaseException as e:  # reported by close(); training goes on
                 self._errors.append(e)
                 log.warning("MLflow logging failed: %s", e)
@@ -120,4 +120,4 @@ class MlflowWriter:
         if self._errors and status == "FINISHED":
             log.warning("%d MLflow calls failed; the run is marked FAILED", len(self._errors))
             status = "FAILED"
-        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        retry(lambda: self.client.set_terminated(self.run_id, status=status))
