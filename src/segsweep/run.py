@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
                                                          typed.trainer.seed, pin_memory=device.type == "cuda")
         class_weight, counts = class_weights_for(typed, sets)
-    except BaseException as e:  # a bad sampled value or bad data fails the trial, with its reason
+    except BaseException as e:  # bad data or a bad sampled value fails the trial, with its reason
         if trial is not None:
             trial.failed(e)
         raise

@@ -58,6 +58,12 @@ class StudyParentRun:
             retry(lambda chunk=items[i : i + 100]: client.log_batch(run.info.run_id, params=chunk))
         return cls(client, run.info.run_id)
 
+    def fail_children(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Mark the MLflow runs of trials whose job died with its sweep as FAILED (they stay RUNNING otherwise)."""
+        for t in trials:
+            if run_id := t.user_attrs.get("mlflow_run_id"):
+                retry(lambda run_id=run_id: self.client.set_terminated(run_id, status="FAILED"))
+
     def summarise(self, study: optuna.Study, sweep_dir: Path) -> None:
         """Trials table, Optuna's plots, real vs synthetic curves and the best trial, on the parent run."""
         from segsweep.sweep.summary import write_study_summary

@@ -41,6 +41,14 @@ def _is_interrupted(t: optuna.trial.FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and "interrupted" in t.user_attrs
 
 
+def tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
+    try:
+        study.tell(trial, state=TrialState.FAIL)
+    except RuntimeError as e:  # GridSampler stops the study once its grid is used up, which only works in optimize()
+        if "Study.stop" not in str(e):
+            raise
+
+
 def n_counted(study: optuna.Study) -> int:
     """Trials that count towards ``n_trials``: finished ones, except those cut short by a stopped sweep."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not _is_interrupted(t))
@@ -84,13 +92,14 @@ class StudySweeper(Sweeper):
         directions = self.stock._get_directions()
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
                                     directions=directions, load_if_exists=True)
-        resumed = self._recover(study)
+        resumed, stale = self._recover(study)
         metric_names = OmegaConf.select(self.config, "objective")
         if len(directions) > 1 and not isinstance(metric_names, str):
             study.set_metric_names(list(metric_names))
         parent = StudyParentRun.open(self.config, study, storage, space, fixed, " ".join(sys.argv))
         log.info("study %r in %s: %d of %d trials done%s; MLflow parent run %s", study.study_name, storage,
                  n_counted(study), self.n_trials, " (resumed)" if resumed else "", parent.run_id)
+        parent.fail_children(stale)
         if resumed:
             parent.summarise(study, self.sweep_dir)
 
@@ -118,18 +127,21 @@ class StudySweeper(Sweeper):
             parent.close(status)
         self._log_best(study)
 
-    def _recover(self, study: optuna.Study) -> bool:
-        """Fail the trials a stopped sweep left RUNNING and queue their parameters again. True when resuming."""
+    def _recover(self, study: optuna.Study) -> tuple[bool, list[optuna.trial.FrozenTrial]]:
+        """Fail the trials a killed sweep left RUNNING; queue every interrupted trial's parameters again, once.
+        Returns (resuming, the trials found RUNNING)."""
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if stale:
-            log.warning("failing %d trial(s) left RUNNING by a stopped sweep and queueing their parameters again",
-                        len(stale))
+            log.warning("failing %d trial(s) left RUNNING by a stopped sweep", len(stale))
             self._fail_running(study, "interrupted: the sweep stopped while it ran")
-            for t in stale:
-                study.enqueue_trial(t.params, skip_if_exists=False)
+        retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if _is_interrupted(t) and t.number not in retried:
+                log.info("queueing the parameters of interrupted trial %d again", t.number)
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         if study.trials and hasattr(self.sampler, "reseed_rng"):
             self.sampler.reseed_rng()  # a resumed seeded sampler would otherwise propose its first points again
-        return bool(study.trials)
+        return bool(study.trials), stale
 
     @staticmethod
     def _fail_running(study: optuna.Study, reason: str) -> None:
@@ -137,7 +149,7 @@ class StudySweeper(Sweeper):
             trial = optuna.trial.Trial(study, t._trial_id)
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
+            tell_failed(study, trial)
 
     def _overrides(self, trials: list[optuna.Trial], space: dict, fixed: dict, fixed_overrides: list[str],
                    storage: str, parent_run_id: str) -> list[Sequence[str]]:
@@ -162,7 +174,7 @@ class StudySweeper(Sweeper):
             if state == TrialState.RUNNING:
                 reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else "no result"
                 trial.set_user_attr("fail_reason", reason[:2000])
-                study.tell(trial, state=TrialState.FAIL)
+                tell_failed(study, trial)
                 state = TrialState.FAIL
             if state == TrialState.FAIL:
                 reason = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("fail_reason")

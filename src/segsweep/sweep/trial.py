@@ -57,5 +57,11 @@ class TrialLink:
         self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
 
     def failed(self, error: BaseException) -> None:
-        self.trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:2000])
+        """FAIL with the error; a stopped sweep (Ctrl-C) marks the trial interrupted: re-queued on resume."""
+        if isinstance(error, KeyboardInterrupt):
+            self.trial.set_user_attr("interrupted", True)
+            reason = "interrupted: the sweep was stopped"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        self.trial.set_user_attr("fail_reason", reason[:2000])
         self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL)
