@@ -161,3 +161,16 @@ def test_pruned_trial_is_recorded_as_pruned(tmp_path, cache_dir):
     _, parent, (child,) = runs(tmp_path)
     assert child.info.status == "KILLED" and child.data.tags["segsweep.trial_state"] == "PRUNED"
     assert parent.data.tags["n_pruned"] == "1"
+
+
+def test_multi_objective_study_records_the_pareto_front(tmp_path, cache_dir):
+    sweep(tmp_path, cache_dir, "sweeps=pareto", "hydra/launcher=basic", "hydra.sweeper.study_name=smoke",
+          "hydra.sweeper.n_trials=2", "weighting=none", *TINY)
+    s = study(tmp_path)
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.values) == 2 for t in s.trials) and s.metric_names == ["val/mIoU", "val/mIoU_rare"]
+    _, parent, children = runs(tmp_path)
+    for t in s.trials:
+        child = next(r for r in children if r.info.run_id == t.user_attrs["mlflow_run_id"])
+        assert t.values == pytest.approx([child.data.metrics["val/mIoU"], child.data.metrics["val/mIoU_rare"]])
+    assert int(parent.data.tags["n_pareto"]) == len(s.best_trials)
