@@ -124,3 +124,11 @@ def check_ui(page: Browser, base: str, exp_id: str, study: str, pid: str, child_
             .some(p => (p.getAttribute('d') || '').length > 10);
     }})""")
     screenshot(page, "child_metrics")
+
+    # 5. The study's own run shows the study's plots among its artifacts (the summary written by the sweeper).
+    page.goto(f"{base}/#/experiments/{exp_id}/runs/{pid}/artifacts/study/optimization_history.png")
+    page.wait_for("the study's summary artifacts", lambda t: all(
+        n in t for n in ("trials.csv", "optimization_history.png", "real_vs_synthetic.png")))
+    page.wait_js("the optimisation-history plot rendered as an image", """[...document.querySelectorAll('img')]
+        .some(img => (img.src || '').includes('optimization_history.png') && img.complete && img.naturalWidth > 100)""")
+    screenshot(page, "study_plots")

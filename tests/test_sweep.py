@@ -174,3 +174,15 @@ def test_multi_objective_study_records_the_pareto_front(tmp_path, cache_dir):
         child = next(r for r in children if r.info.run_id == t.user_attrs["mlflow_run_id"])
         assert t.values == pytest.approx([child.data.metrics["val/mIoU"], child.data.metrics["val/mIoU_rare"]])
     assert int(parent.data.tags["n_pareto"]) == len(s.best_trials)
+
+
+def test_trials_in_local_subprocesses_prune_and_link_to_the_parent(tmp_path, cache_dir):
+    sweep(tmp_path, cache_dir, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
+          "study.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.99}")
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2  # told by the jobs, from their own processes
+    logs = sorted((tmp_path / "multirun" / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2  # one submitit job (a separate process) per trial
+    _, parent, children = runs(tmp_path)
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+    assert {r.info.status for r in children} == {"KILLED"} and parent.data.tags["n_pruned"] == "2"

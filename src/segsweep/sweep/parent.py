@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from segsweep.tracking.mlflow_writer import artifact_location, retry
+from segsweep.tracking.mlflow_writer import artifact_location, log_params, retry
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,10 @@ class StudyParentRun:
                   "n_trials": str(OmegaConf.select(config, "hydra.sweeper.n_trials")),
                   "n_jobs": str(OmegaConf.select(config, "hydra.sweeper.n_jobs")),
                   "pruner": str(OmegaConf.to_container(config.study.pruner) if config.study.pruner else None),
-                  "command": command[:5000]}
-        params.update({f"space.{k}": str(v)[:5000] for k, v in space.items()})
-        params.update({f"fixed.{k}": str(v)[:5000] for k, v in fixed.items()})
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            retry(lambda chunk=items[i : i + 100]: client.log_batch(run.info.run_id, params=chunk))
+                  "command": command}
+        params.update({f"space.{k}": str(v) for k, v in space.items()})
+        params.update({f"fixed.{k}": str(v) for k, v in fixed.items()})
+        log_params(client, run.info.run_id, params)
         return cls(client, run.info.run_id)
 
     def fail_children(self, trials: list[optuna.trial.FrozenTrial]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,10 +84,7 @@ class StudySweeper(Sweeper):
         if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
             grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
             sampler = sampler(grid)
-            n_grid = 1
-            for v in grid.values():
-                n_grid *= len(v)
-            self.n_trials = min(self.n_trials, n_grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or f"sqlite:///{self.sweep_dir.resolve()}/optuna.db"
         directions = self.stock._get_directions()

@@ -55,6 +55,15 @@ def retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
     raise AssertionError("unreachable")
 
 
+def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
+    """Params in batches of MLflow's maximum size, each value cut to MLflow's maximum length."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+    for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+        retry(lambda chunk=items[i : i + _MAX_PARAMS_PER_BATCH]: client.log_batch(run_id, params=chunk))
+
+
 class MlflowWriter:
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None) -> None:
@@ -90,12 +99,7 @@ class MlflowWriter:
                 log.warning("MLflow logging failed: %s", e)
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            chunk = items[i : i + _MAX_PARAMS_PER_BATCH]
-            self._queue.put(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+        self._queue.put(lambda: log_params(self.client, self.run_id, params))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
