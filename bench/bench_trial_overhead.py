@@ -1,7 +1,7 @@
 """Fixed cost of one trial (everything but training) against the trial's training time. Goal: ≤ 3 s per trial.
 
 Phases, each timed the way a trial's job runs them (medians of ``--repeats``):
-  process start   a fresh ``python`` importing what a job imports (torch, hydra, mlflow, optuna, segsweep):
+  process         a fresh ``python`` importing what a job imports (torch, hydra, mlflow, optuna, segsweep), exiting:
                   paid per trial by a subprocess launcher (submitit local / SLURM), not by the basic launcher;
   compose         Hydra composes and validates the trial's config;
   data open       the toycity loaders (data already generated) and the class weights (already cached);
@@ -113,7 +113,7 @@ def main() -> None:
     fixed_subprocess = fixed_in_process + start
     train_time = 400 * t_step
     print(f"torch threads=1  repeats={args.repeats}  (data generated and class weights cached beforehand)")
-    print(f"process start (python + imports)  : {1000 * start:7.0f} ms   (bare python: {1000 * bare:.0f} ms)")
+    print(f"process (start, imports, exit)    : {1000 * start:7.0f} ms   (bare python: {1000 * bare:.0f} ms)")
     print(f"compose + validate                : {1000 * t_compose:7.0f} ms")
     print(f"data open + class weights (cached): {1000 * t_data:7.0f} ms")
     print(f"model                             : {1000 * t_model:7.0f} ms")

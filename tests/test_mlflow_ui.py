@@ -129,6 +129,7 @@ def check_ui(page: Browser, base: str, exp_id: str, study: str, pid: str, child_
     page.goto(f"{base}/#/experiments/{exp_id}/runs/{pid}/artifacts/study/optimization_history.png")
     page.wait_for("the study's summary artifacts", lambda t: all(
         n in t for n in ("trials.csv", "optimization_history.png", "real_vs_synthetic.png")))
+    # the preview is loaded as a blob URL: look for a decoded image of the plot's size (the logo is far smaller)
     page.wait_js("the optimisation-history plot rendered as an image", """[...document.querySelectorAll('img')]
-        .some(img => (img.src || '').includes('optimization_history.png') && img.complete && img.naturalWidth > 100)""")
+        .some(img => img.complete && img.naturalWidth >= 400 && img.naturalHeight >= 300)""")
     screenshot(page, "study_plots")

@@ -186,3 +186,13 @@ def test_trials_in_local_subprocesses_prune_and_link_to_the_parent(tmp_path, cac
     _, parent, children = runs(tmp_path)
     assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
     assert {r.info.status for r in children} == {"KILLED"} and parent.data.tags["n_pruned"] == "2"
+
+
+def test_trial_failing_in_training_marks_its_mlflow_run_failed(tmp_path, cache_dir):
+    # a learning rate that makes the loss non-finite within the first logging period
+    sweep(tmp_path, cache_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=1.0", "optim.lr=1e30")
+    (trial,) = study(tmp_path).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("FloatingPointError: loss is not finite at iteration")
+    _, parent, (child,) = runs(tmp_path)
+    assert child.info.status == "FAILED" and parent.data.tags["n_fail"] == "1"
