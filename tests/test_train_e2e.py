@@ -145,3 +145,26 @@ def test_cityscapes_gta5_config_reads_the_real_layouts(tmp_path, cache_dir):
             "trainer.max_iters=2", "trainer.batch_size=4", "trainer.log_every=1", "trainer.progress_bar=off",
             "model.base_channels=4", "model.depth=2", "mlflow.enabled=false", f"output_dir={tmp_path}/run"])
     assert 0.0 <= run(cfg) <= 1.0
+
+
+def test_slurm_job_id_is_recorded_on_the_run(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURMD_NODENAME", "gpu-node-7")
+    _, _, uri = run_composed(tmp_path, cache_dir, "trainer.max_iters=1", "trainer.log_every=1")
+    client = MlflowClient(uri)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
+    assert mlrun.data.tags["segsweep.slurm_job_id"] == "4240_2"  # the array job and task, as sacct names it
+    assert mlrun.data.tags["segsweep.slurm_node"] == "gpu-node-7"
+
+
+def test_launcher_presets_extend_the_plugin_configs(monkeypatch):
+    monkeypatch.setenv("SLURM_PARTITION", "gpu")
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        slurm = compose("config", overrides=["hydra/launcher=slurm_gpu"], return_hydra_config=True).hydra.launcher
+        local = compose("config", overrides=["hydra/launcher=local_parallel"], return_hydra_config=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and local._target_.endswith("LocalLauncher")
+    assert (slurm.partition, slurm.account, slurm.gpus_per_node, slurm.max_num_timeout) == ("gpu", None, 1, 3)
+    assert slurm.submitit_folder.endswith("/.submitit/%j") and local.timeout_min == 120

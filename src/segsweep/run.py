@@ -8,6 +8,7 @@ dataclasses of ``segsweep.config``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -66,6 +67,17 @@ def class_weights_for(cfg: Config, sets: dict) -> tuple[torch.Tensor, LabelCount
         lambda: count_labels(label_iter(datasets, w.fraction, w.seed), NUM_CLASSES, IGNORE_INDEX))
 
 
+def slurm_tags() -> dict[str, str]:
+    """The SLURM job (array job_task when in an array) running this process, to find its logs from MLflow."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    job = env["SLURM_JOB_ID"]
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return {"segsweep.slurm_job_id": job, "segsweep.slurm_node": env.get("SLURMD_NODENAME", "")}
+
+
 def objective_names(cfg: Config) -> list[str]:
     return [cfg.objective] if isinstance(cfg.objective, str) else list(cfg.objective)
 
@@ -115,7 +127,7 @@ def run(cfg: DictConfig) -> float | list[float]:
                ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar)]
     mlflow = None
     if typed.mlflow.enabled:
-        tags = {"segsweep.output_dir": str(out_dir.resolve())}
+        tags = {"segsweep.output_dir": str(out_dir.resolve()), **slurm_tags()}
         run_name = typed.mlflow.run_name
         if typed.study.parent_run_id:
             tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
