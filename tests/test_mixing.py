@@ -78,7 +78,7 @@ class _Fake:
 
 
 def test_domain_dataset_fields():
-    def tf(s):
+    def tf(s, generator=None):
         return s
 
     real = DomainDataset(_Fake(), REAL, 1.0, tf)[1]

@@ -180,6 +180,8 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model
     progress_bar: str = "auto"  # auto: only when stderr is a terminal
     num_threads: int | None = None  # torch CPU threads (None: torch's default); 1 when trials run side by side
+    checkpoint_every: int = 0  # save <output_dir>/checkpoint.pt atomically every N iterations (0: never)
+    resume: bool = True  # continue from <output_dir>/checkpoint.pt when it exists (a requeued job)
 
     def __post_init__(self) -> None:
         for k in ("max_iters", "batch_size", "eval_every", "log_every"):
@@ -190,6 +192,10 @@ class TrainerConfig:
                self.progress_bar)
         _check(self.num_threads is None or self.num_threads >= 1, "trainer.num_threads", "null or an integer >= 1",
                self.num_threads)
+        # at a logging step the running sums are empty, so a checkpoint needs no metric state
+        _check(self.checkpoint_every >= 0 and self.checkpoint_every % self.log_every == 0,
+               "trainer.checkpoint_every", f"0 or a multiple of trainer.log_every ({self.log_every})",
+               self.checkpoint_every)
 
 
 @dataclass

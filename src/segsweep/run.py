@@ -23,7 +23,7 @@ from segsweep.class_weights import LabelCounts, class_weights_cached, count_labe
 from segsweep.config import Config, validate
 from segsweep.data.build import build_train_val
 from segsweep.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, RARE_CLASSES
-from segsweep.engine.checkpoint import save_atomic
+from segsweep.engine.checkpoint import load, restore, save_atomic, training_state
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
@@ -100,10 +100,14 @@ def run(cfg: DictConfig) -> float | list[float]:
     seed_everything(typed.trainer.seed)
     model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
     trial = TrialLink.from_config(typed.study)  # None outside a sweep
+    ckpt_path = out_dir / "checkpoint.pt"
+    resumed = load(ckpt_path) if typed.trainer.resume and ckpt_path.exists() else None
+    start = resumed["iteration"] if resumed else 0
 
     try:
         train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
-                                                         typed.trainer.seed, pin_memory=device.type == "cuda")
+                                                         typed.trainer.seed, pin_memory=device.type == "cuda",
+                                                         start_batch=start)  # a resumed run draws the same batches
         class_weight, counts = class_weights_for(typed, sets)
     except BaseException as e:  # bad data or a bad sampled value fails the trial, with its reason
         if trial is not None:
@@ -122,9 +126,13 @@ def run(cfg: DictConfig) -> float | list[float]:
     optimizer = build_optimizer(model, typed.optim)
     scheduler = build_scheduler(optimizer, typed.trainer.max_iters, typed.optim)
     state = TrainState(model, criterion, optimizer, scheduler)
+    if resumed:
+        restore(state, resumed)
+        log.info("resumed from %s at iteration %d", ckpt_path, start)
 
-    writers = [ConsoleWriter(typed.trainer.max_iters), JsonlWriter(out_dir / "metrics.jsonl"),
-               ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar)]
+    writers = [ConsoleWriter(typed.trainer.max_iters),
+               JsonlWriter(out_dir / "metrics.jsonl", resume_from=start if resumed else None),
+               ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar, start)]
     mlflow = None
     if typed.mlflow.enabled:
         tags = {"segsweep.output_dir": str(out_dir.resolve()), **slurm_tags()}
@@ -133,10 +141,12 @@ def run(cfg: DictConfig) -> float | list[float]:
             tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
                          "segsweep.trial": str(typed.study.trial_number)})
             run_name = run_name or f"trial-{typed.study.trial_number}"
-        mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags=tags)
-        mlflow.log_params(effective_params(typed))
-        mlflow.log_artifact(resolved)
-        mlflow.log_artifact(out_dir / "class_weights.txt")
+        run_id = resumed.get("mlflow_run_id") if resumed else None
+        mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)
+        if run_id is None:  # params are immutable: a resumed run keeps those it logged
+            mlflow.log_params(effective_params(typed))
+            mlflow.log_artifact(resolved)
+            mlflow.log_artifact(out_dir / "class_weights.txt")
         writers.append(mlflow)
         log.info("MLflow run %s in %s", mlflow.run_id, typed.mlflow.tracking_uri)
     if trial is not None:
@@ -144,10 +154,14 @@ def run(cfg: DictConfig) -> float | list[float]:
 
     names = objective_names(typed)
     on_eval = (lambda step, metrics: trial.report(step, metrics[names[0]])) if trial is not None else None
+
+    def checkpoint(step: int) -> None:
+        save_atomic(training_state(state, mlflow.run_id if mlflow else None), ckpt_path)
+
     status, result = "FAILED", None
     try:
         result = train(state, train_loader, val_loader, typed.trainer, device, writers, list(CLASS_NAMES),
-                       RARE_CLASSES, on_eval)
+                       RARE_CLASSES, on_eval, checkpoint)
         status = "FINISHED"
     except optuna.TrialPruned:
         status = "KILLED"  # MLflow has no 'pruned' status: KILLED plus the tag below
@@ -171,6 +185,7 @@ def run(cfg: DictConfig) -> float | list[float]:
             mlflow.close(status)
 
     save_atomic({"model": model.state_dict(), "iteration": state.iteration}, out_dir / "model_final.pt")
+    ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
     metrics = result.metrics(list(CLASS_NAMES), RARE_CLASSES)
     log.info("final: val/mIoU %.4f  val/pixel_acc %.4f  val/mIoU_rare %.4f  (%s)", metrics["val/mIoU"],
              metrics["val/pixel_acc"], metrics["val/mIoU_rare"], out_dir)

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
 
 from segsweep.config import DataConfig, DatasetMixConfig
 from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError
 from segsweep.data.gta5 import GTA5Segmentation
-from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler
+from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler, SeededBatches, SeededConcat
 from segsweep.data.toycity import ensure_toycity
 from segsweep.data.transforms import EvalTransform, TrainTransform
 
@@ -41,7 +41,7 @@ def resolve_roots(data: DataConfig) -> tuple[Path, Path]:
 
 
 def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, seed: int,
-                    pin_memory: bool) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
+                    pin_memory: bool, start_batch: int = 0) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
     """An infinite mixed training loader, a one-pass real validation loader, and the raw datasets.
 
     The dict holds ``real_train``, ``synthetic`` (None when no batch uses synthetic samples), ``real_val`` (loader
@@ -64,10 +64,10 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, se
     if synthetic is not None:
         parts.append(DomainDataset(synthetic, SYNTHETIC, mix.synthetic_loss_weight, train_tf))
     sampler = MixedBatchSampler(len(real_train), len(synthetic) if synthetic is not None else 0, batch_size,
-                                mix.real_ratio, seed)
+                                mix.real_ratio, seed, start_batch=start_batch)
     workers = data.num_workers
     train_loader = DataLoader(
-        ConcatDataset(parts), batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        SeededConcat(parts), batch_sampler=SeededBatches(sampler), num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),  # fixes the workers' seeds (and so the crops) for a seed
     )

@@ -6,6 +6,7 @@ of 0 (synthetic samples seen but not trained on) or 1 (same as real) is legal.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,8 +42,41 @@ class DomainDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        out = self.transform(self.dataset[i])
+        return self.get(i)
+
+    def get(self, i: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+        out = self.transform(self.dataset[i], generator)
         return {"image": out["image"], "label": out["label"], "domain": self.domain, "loss_weight": self.loss_weight}
+
+
+def augmentation_seed(seed: int, batch: int, slot: int) -> int:
+    """The seed of one sample's augmentation: a function of the run's seed and its place in the batch stream."""
+    return (seed * 0x9E3779B1 + batch * 0x85EBCA77 + slot * 0xC2B2AE3D) % (2**63)
+
+
+class SeededBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Gives every index of a MixedBatchSampler its own augmentation seed, so the augmentations depend neither on
+    the number of loader workers nor on where a run was resumed (``start_batch``): a resumed run redraws them."""
+
+    def __init__(self, sampler: MixedBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for k, batch in enumerate(self.sampler, start=self.sampler.start_batch):
+            yield [(i, augmentation_seed(self.sampler.seed, k, j)) for j, i in enumerate(batch)]
+
+
+class SeededConcat(torch.utils.data.ConcatDataset):
+    """ConcatDataset of DomainDatasets indexed by ``(index, augmentation seed)`` pairs (from SeededBatches)."""
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        idx, seed = item
+        part = bisect.bisect_right(self.cumulative_sizes, idx)
+        local = idx - (self.cumulative_sizes[part - 1] if part else 0)
+        return self.datasets[part].get(local, torch.Generator().manual_seed(seed))
 
 
 class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -41,11 +41,12 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_las
 def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg: TrainerConfig,
           device: torch.device, writers: list[Writer], class_names: list[str],
           rare_classes: tuple[int, ...] = (),
-          on_eval: Callable[[int, dict[str, float]], None] | None = None) -> EvalResult:
+          on_eval: Callable[[int, dict[str, float]], None] | None = None,
+          checkpoint: Callable[[int], None] | None = None) -> EvalResult:
     """Train until ``cfg.max_iters``; returns the last evaluation on the validation split.
 
     ``on_eval(iteration, metrics)`` runs after every evaluation (a sweep reports to its pruner there; it may
-    raise to stop the run)."""
+    raise to stop the run); ``checkpoint(iteration)`` every ``cfg.checkpoint_every`` iterations."""
     use_cuda = device.type == "cuda"
     amp = cfg.amp and use_cuda
     channels_last = cfg.channels_last and use_cuda
@@ -90,5 +91,7 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
             storage.period_start += time.perf_counter() - t_eval  # step times exclude evaluation
             if on_eval is not None:
                 on_eval(step, metrics)
+        if checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+            checkpoint(step)
     assert result is not None
     return result

@@ -66,10 +66,16 @@ def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
 
 class MlflowWriter:
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None) -> None:
+        """A new run, or the existing ``run_id`` continued (a resumed job keeps its run)."""
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
+        if run_id is not None:
+            retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+            self.run_id, self.artifact_uri = run_id, self.client.get_run(run_id).info.artifact_uri
+            self._start_thread()
+            return
         exp = retry(lambda: self.client.get_experiment_by_name(experiment_name))
         if exp is None:
             try:
@@ -85,6 +91,9 @@ class MlflowWriter:
         run = retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)

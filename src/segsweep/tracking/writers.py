@@ -54,8 +54,14 @@ class ConsoleWriter:
 class JsonlWriter:
     """``metrics.jsonl``: one JSON object per logging step, flushed so that a crash keeps every line written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resume_from: int | None = None) -> None:
         self.path = Path(path)
+        if resume_from is not None and self.path.exists():  # drop what the interrupted run wrote after its checkpoint
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line)["iteration"] <= resume_from]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
