@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
@@ -24,13 +22,6 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     out = default_collate(batch)
     out["loss_weight"] = out["loss_weight"].float()
     return out
-
-
-def seed_worker(worker_id: int) -> None:
-    """Give numpy and random the per-worker seed torch already got from the loader's generator."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def resolve_roots(data: DataConfig) -> tuple[Path, Path]:
@@ -68,8 +59,8 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, se
     workers = data.num_workers
     train_loader = DataLoader(
         SeededConcat(parts), batch_sampler=SeededBatches(sampler), num_workers=workers, collate_fn=collate,
-        pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed),  # fixes the workers' seeds (and so the crops) for a seed
+        pin_memory=pin_memory, persistent_workers=workers > 0,
+        # no worker seeding needed: SeededBatches gives every sample its own augmentation generator
     )
     val_loader = DataLoader(
         DomainDataset(real_val, REAL, mix.real_loss_weight, EvalTransform()), batch_size=data.val_batch_size,

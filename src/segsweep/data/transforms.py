@@ -1,8 +1,7 @@
 """Training and evaluation transforms on the loaders' tensors (image uint8 3xHxW, label int64 HxW).
 
-Randomness comes from torch: an explicit ``torch.Generator`` when given, else torch's global RNG, which the
-DataLoader seeds per worker (and which the training process seeds itself when ``num_workers=0``), so a fixed seed
-gives the same crops.
+Randomness comes from the ``torch.Generator`` passed in (training samples get one seeded from their place in the
+batch stream, see ``mixing.SeededBatches``), else from torch's global RNG.
 """
 
 from __future__ import annotations
