@@ -88,12 +88,17 @@ def ref_dice(st, cw, smooth, squared):
     return np.array(L), np.array(valid)
 
 
-def ref_reduce(L, valid, sw, reduction):
+def ref_reduce_parts(L, valid, sw, reduction):
     num = sum(w * v for w, v, ok in zip(sw, L, valid, strict=True) if ok)
     if reduction == "mean":
         den = sum(1.0 for ok in valid if ok)
     else:
         den = sum(w for w, ok in zip(sw, valid, strict=True) if ok)
+    return num, den
+
+
+def ref_reduce(L, valid, sw, reduction):
+    num, den = ref_reduce_parts(L, valid, sw, reduction)
     return num / den if den > 0 else 0.0
 
 
@@ -198,8 +203,14 @@ def test_image_dice_criterion_terms_total_and_monitors(mix, reduction, squared, 
     assert out.terms["ce"].item() == pytest.approx(ce, rel=1e-5)
     assert out.terms["dice"].item() == pytest.approx(dice, rel=1e-5)
     assert out.total.item() == pytest.approx(0.6 * ce + 0.4 * dice, rel=1e-5)
+    assert out.weights == {"ce": 0.6, "dice": 0.4}
     assert set(out.monitors) == {"ce_real", "ce_synthetic", "dice_real", "dice_synthetic"}
     for name, (L, v) in {"ce": (ce_L, ce_v), "dice": (dice_L, dice_v)}.items():
+        # (numerator, denominator) of the reduction: what sums over steps and data-parallel ranks need
+        num, den = out.term_parts[name]
+        ref_num, ref_den = ref_reduce_parts(L, v, mix["sw"], reduction)
+        assert num.item() == pytest.approx(ref_num, rel=1e-5, abs=1e-7) and den.item() == pytest.approx(ref_den)
+        assert not num.requires_grad
         for which, label in ((REAL, "real"), (SYN, "synthetic")):
             s, n = out.monitors[f"{name}_{label}"]
             ref_s, ref_n = ref_monitor(L, v, mix["domain"], which)

@@ -53,6 +53,22 @@ def test_reproducible_for_a_seed():
     assert _batches(s, 15) == a[5:]
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_take_interleaved_batches_of_the_one_sequence(world_size):
+    """Rank r gets batches r, r + W, ... of the single-process sequence: together the ranks see in one step
+    what one process sees in W steps, each rank with the mixed composition; resuming skips whole steps."""
+    args = dict(n_real=7, n_synthetic=11, batch_size=4, real_ratio=0.5, seed=3)
+    single = list(itertools.islice(MixedBatchSampler(**args).numbered(), 6 * world_size))
+    for rank in range(world_size):
+        mine = list(itertools.islice(MixedBatchSampler(**args, rank=rank, world_size=world_size).numbered(), 6))
+        assert mine == single[rank::world_size]  # same (global batch number, indices)
+        resumed = MixedBatchSampler(**args, rank=rank, world_size=world_size, start_batch=2)
+        assert list(itertools.islice(resumed.numbered(), 4)) == single[rank::world_size][2:]
+        assert all(sum(i < 7 for i in batch) == 2 for _, batch in mine)
+    with pytest.raises(ValueError, match="rank"):
+        MixedBatchSampler(**args, rank=2, world_size=2)
+
+
 def test_finite_length():
     s = MixedBatchSampler(5, 5, 2, 0.5, seed=0, num_batches=7)
     assert len(s) == 7 and len(list(s)) == 7

@@ -15,7 +15,7 @@ on the (B, C) statistics use ordinary autograd. Nothing in forward synchronises 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -33,6 +33,10 @@ class LossOutput:
     total: torch.Tensor  # scalar, the optimised loss
     terms: dict[str, torch.Tensor]  # each term after the sample-weighted reduction, before its weight-dict factor
     monitors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "<term>_real"/"<term>_synthetic" -> (sum, count)
+    # Each term as (numerator, denominator) of its reduction, detached: summed over steps and ranks, their ratio
+    # is the term over all those samples (a batch-pooled Dice is (value, 1): a mean over steps and ranks).
+    term_parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # the factor of each term in total
 
 
 class SoftmaxStats(NamedTuple):
@@ -147,9 +151,15 @@ def reduce_samples(loss: torch.Tensor, valid: torch.Tensor, sample_weight: torch
     'mean': (1/N) sum_i w_i L_i with N the number of valid samples (not B: a crop with only ignored pixels must
     not dilute the batch); 'weight_normalized': sum_i w_i L_i / sum_{valid i} w_i. 0, never NaN, when undefined.
     """
+    return _div0(*reduction_parts(loss, valid, sample_weight, reduction))
+
+
+def reduction_parts(loss: torch.Tensor, valid: torch.Tensor, sample_weight: torch.Tensor,
+                    reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """``reduce_samples`` as (numerator, denominator): sums of these over batches and ranks reduce them exactly."""
     sw = sample_weight.to(loss.dtype) * valid
     den = valid.sum(-1).to(loss.dtype) if reduction == "mean" else sw.sum(-1)
-    return _div0((sw * loss).sum(-1), den)
+    return (sw * loss).sum(-1), den
 
 
 def domain_monitors(loss: torch.Tensor, valid: torch.Tensor,
@@ -238,6 +248,7 @@ class SegmentationCriterion(torch.nn.Module):
         self.num_aux = len(heads) - 1
         weights = self.weight_dict
         terms: dict[str, torch.Tensor] = {}
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         monitors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # bf16 autocast would run the small matmuls in bf16; the loss is computed in float32 throughout
         dev = target.device.type
@@ -246,11 +257,11 @@ class SegmentationCriterion(torch.nn.Module):
                 ce, dice = (f"ce_{k - 1}", f"dice_{k - 1}") if k else ("ce", "dice")
                 ce, dice = (ce if ce in weights else None), (dice if dice in weights else None)
                 if ce or dice:
-                    self._head(logits, target, sample_weight, domain, ce, dice, terms, monitors)
+                    self._head(logits, target, sample_weight, domain, ce, dice, terms, parts, monitors)
             total = sum(weights[k] * terms[k] for k in weights)
-        return LossOutput(total=total, terms=terms, monitors=monitors)
+        return LossOutput(total=total, terms=terms, monitors=monitors, term_parts=parts, weights=weights)
 
-    def _head(self, logits, target, sample_weight, domain, ce_name, dice_name, terms, monitors) -> None:
+    def _head(self, logits, target, sample_weight, domain, ce_name, dice_name, terms, parts, monitors) -> None:
         """Adds the head's terms and monitors; a name that is None is not computed."""
         pooled = dice_name is not None and self.dice_pooling == "batch"
         stats = softmax_stats(logits, target, self.ignore_index, self.squared_denominator and dice_name is not None)
@@ -262,20 +273,23 @@ class SegmentationCriterion(torch.nn.Module):
         if per_sample:  # all per-sample terms of the head reduced and monitored together, (T, B) at once
             loss = torch.stack([x[1] for x in per_sample])
             valid = torch.stack([x[2] for x in per_sample])
-            reduced = reduce_samples(loss, valid, sample_weight, self.reduction).unbind()
+            nums, dens = reduction_parts(loss, valid, sample_weight, self.reduction)
+            reduced = _div0(nums, dens).unbind()
             sums, counts = domain_monitors(loss, valid, domain)
-            for (name, _, _), term, s, c in zip(per_sample, reduced, sums, counts, strict=True):
-                terms[name] = term
+            for (name, _, _), term, num, den, s, c in zip(per_sample, reduced, nums.detach(), dens, sums, counts,
+                                                          strict=True):
+                terms[name], parts[name] = term, (num, den)
                 monitors[f"{name}_real"], monitors[f"{name}_synthetic"] = (s[0], c[0]), (s[1], c[1])
         if pooled:
-            self._pooled_dice(stats, sample_weight, domain, dice_name, terms, monitors)
+            self._pooled_dice(stats, sample_weight, domain, dice_name, terms, parts, monitors)
 
-    def _pooled_dice(self, stats, sample_weight, domain, name, terms, monitors) -> None:
+    def _pooled_dice(self, stats, sample_weight, domain, name, terms, parts, monitors) -> None:
         valid = stats.count.sum(1) > 0
         value = pooled_dice_from_stats(stats, self.class_weight, self.smooth, sample_weight)
         if self.reduction == "mean":  # times the mean sample weight, so uniform weights act as they do per image
             value = value * _div0((sample_weight * valid).sum(), valid.sum().to(value.dtype))
         terms[name] = torch.where(valid.any(), value, 0.0)
+        parts[name] = (terms[name].detach(), torch.ones_like(value))
         # monitors: the unweighted pooled Dice of each domain's samples, (value, 1) when it has a valid sample
         member = torch.stack([domain == REAL, domain == SYNTHETIC]).to(value.dtype)  # (2, B)
         dice = pooled_dice_from_stats(stats, self.class_weight, self.smooth, member).detach()  # (2,)

@@ -24,8 +24,10 @@ from segsweep.config import Config, validate
 from segsweep.data.build import build_train_val
 from segsweep.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, RARE_CLASSES
 from segsweep.engine.checkpoint import load, restore, save_atomic, training_state
+from segsweep.engine.distributed import World, close_world, from_rank0, init_world
 from segsweep.engine.optim import build_optimizer, build_scheduler
-from segsweep.engine.trainer import TrainState, train
+from segsweep.engine.preemption import StopSignals
+from segsweep.engine.trainer import Preempted, TrainState, train
 from segsweep.losses import SegmentationCriterion
 from segsweep.sweep.trial import TrialLink
 from segsweep.tracking import plots
@@ -92,32 +94,45 @@ def effective_params(cfg: Config) -> dict[str, str]:
 
 def run(cfg: DictConfig) -> float | list[float]:
     typed = validate(cfg)  # every config error surfaces here, before any data is read
-    out_dir = Path(typed.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(typed.trainer.device)
+    world, device = init_world(resolve_device(typed.trainer.device))  # one process, or a data-parallel rank
+    try:
+        return _run(cfg, typed, world, device)
+    finally:
+        close_world(world)
+
+
+def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> float | list[float]:
+    main = world.is_main  # rank 0 alone writes files, logs to MLflow and talks to the Optuna trial
+    out_dir = Path(from_rank0(typed.output_dir))  # every rank resumes from rank 0's checkpoint
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        log.setLevel(logging.WARNING)  # one copy of the run's log, rank 0's
     if typed.trainer.num_threads:
         torch.set_num_threads(typed.trainer.num_threads)
     seed_everything(typed.trainer.seed)
     model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
-    trial = TrialLink.from_config(typed.study)  # None outside a sweep
+    trial = TrialLink.from_config(typed.study) if main else None  # None outside a sweep
     ckpt_path = out_dir / "checkpoint.pt"
     resumed = load(ckpt_path) if typed.trainer.resume and ckpt_path.exists() else None
     start = resumed["iteration"] if resumed else 0
 
     try:
-        train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
-                                                         typed.trainer.seed, pin_memory=device.type == "cuda",
-                                                         start_batch=start)  # a resumed run draws the same batches
+        train_loader, val_loader, sets = build_train_val(
+            typed.data, typed.dataset_mix, typed.trainer.batch_size, typed.trainer.seed,
+            pin_memory=device.type == "cuda", start_batch=start,  # a resumed run draws the same batches
+            rank=world.rank, world_size=world.size)
         class_weight, counts = class_weights_for(typed, sets)
     except BaseException as e:  # bad data or a bad sampled value fails the trial, with its reason
         if trial is not None:
             trial.failed(e)
         raise
     table = format_table(counts, class_weight, CLASS_NAMES)
-    log.info("class weights (%s, source: %s):\n%s", typed.weighting.method, typed.weighting.source, table)
-    (out_dir / "class_weights.txt").write_text(table + "\n")
     resolved = out_dir / "config_resolved.yaml"
-    resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if main:
+        log.info("class weights (%s, source: %s):\n%s", typed.weighting.method, typed.weighting.source, table)
+        (out_dir / "class_weights.txt").write_text(table + "\n")
+        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     model = model.to(device)
     if typed.trainer.channels_last and device.type == "cuda":
@@ -130,27 +145,16 @@ def run(cfg: DictConfig) -> float | list[float]:
         restore(state, resumed)
         log.info("resumed from %s at iteration %d", ckpt_path, start)
 
-    writers = [ConsoleWriter(typed.trainer.max_iters),
-               JsonlWriter(out_dir / "metrics.jsonl", resume_from=start if resumed else None),
-               ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar, start)]
-    mlflow = None
-    if typed.mlflow.enabled:
-        tags = {"segsweep.output_dir": str(out_dir.resolve()), **slurm_tags()}
-        run_name = typed.mlflow.run_name
-        if typed.study.parent_run_id:
-            tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
-                         "segsweep.trial": str(typed.study.trial_number)})
-            run_name = run_name or f"trial-{typed.study.trial_number}"
-        run_id = resumed.get("mlflow_run_id") if resumed else None
-        mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)
-        if run_id is None:  # params are immutable: a resumed run keeps those it logged
-            mlflow.log_params(effective_params(typed))
-            mlflow.log_artifact(resolved)
-            mlflow.log_artifact(out_dir / "class_weights.txt")
-        writers.append(mlflow)
-        log.info("MLflow run %s in %s", mlflow.run_id, typed.mlflow.tracking_uri)
-    if trial is not None:
-        trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
+    writers, mlflow = [], None
+    if main:
+        writers = [ConsoleWriter(typed.trainer.max_iters),
+                   JsonlWriter(out_dir / "metrics.jsonl", resume_from=start if resumed else None),
+                   ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar, start)]
+        if typed.mlflow.enabled:
+            mlflow = _open_mlflow(typed, out_dir, resolved, resumed.get("mlflow_run_id") if resumed else None)
+            writers.append(mlflow)
+        if trial is not None:
+            trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
 
     names = objective_names(typed)
     on_eval = (lambda step, metrics: trial.report(step, metrics[names[0]])) if trial is not None else None
@@ -158,16 +162,26 @@ def run(cfg: DictConfig) -> float | list[float]:
     def checkpoint(step: int) -> None:
         save_atomic(training_state(state, mlflow.run_id if mlflow else None), ckpt_path)
 
-    status, result = "FAILED", None
+    status, result, stop, preempted = "FAILED", None, StopSignals(), False
     try:
-        result = train(state, train_loader, val_loader, typed.trainer, device, writers, list(CLASS_NAMES),
-                       RARE_CLASSES, on_eval, checkpoint)
+        with stop:
+            result = train(state, train_loader, val_loader, typed.trainer, device, writers, list(CLASS_NAMES),
+                           RARE_CLASSES, on_eval, checkpoint if main else None, stop, world)
         status = "FINISHED"
+    except Preempted as e:  # checkpoint written: the trial goes on in the requeued job
+        status, preempted = "KILLED", True
+        log.warning("%s: %s", e, ckpt_path)
+        if mlflow is not None:
+            mlflow.set_tags({"segsweep.preempted_at": str(e.iteration)})
+        if trial is not None:
+            trial.set_attrs(preempted_at=str(e.iteration))
+        raise
     except optuna.TrialPruned:
         status = "KILLED"  # MLflow has no 'pruned' status: KILLED plus the tag below
         if mlflow is not None:
             mlflow.set_tags({"segsweep.trial_state": "PRUNED"})
-        trial.pruned()
+        if trial is not None:
+            trial.pruned()
         raise
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -177,22 +191,42 @@ def run(cfg: DictConfig) -> float | list[float]:
     finally:
         for w in writers[:-1] if mlflow else writers:
             w.close()
-        figures = _plots(out_dir, result, list(criterion.weight_dict))
+        figures = _plots(out_dir, result, list(criterion.weight_dict)) if main else []
         if mlflow is not None:
             for path in figures:
                 mlflow.log_artifact(path, "plots")
             mlflow.log_artifact(out_dir / "metrics.jsonl")
             mlflow.close(status)
+        if preempted:
+            stop.hand_over()  # submitit requeues the job; otherwise the signal ends the process
 
-    save_atomic({"model": model.state_dict(), "iteration": state.iteration}, out_dir / "model_final.pt")
-    ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
     metrics = result.metrics(list(CLASS_NAMES), RARE_CLASSES)
-    log.info("final: val/mIoU %.4f  val/pixel_acc %.4f  val/mIoU_rare %.4f  (%s)", metrics["val/mIoU"],
-             metrics["val/pixel_acc"], metrics["val/mIoU_rare"], out_dir)
     values = [float(metrics[n]) for n in names]
+    if main:
+        save_atomic({"model": model.state_dict(), "iteration": state.iteration}, out_dir / "model_final.pt")
+        ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
+        log.info("final: val/mIoU %.4f  val/pixel_acc %.4f  val/mIoU_rare %.4f  (%s)", metrics["val/mIoU"],
+                 metrics["val/pixel_acc"], metrics["val/mIoU_rare"], out_dir)
     if trial is not None:
         trial.complete(values)
     return values[0] if isinstance(typed.objective, str) else values
+
+
+def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | None) -> MlflowWriter:
+    """The run's MLflow run: a new one, a sweep trial's child of the study run, or the resumed ``run_id``."""
+    tags = {"segsweep.output_dir": str(out_dir.resolve()), **slurm_tags()}
+    run_name = typed.mlflow.run_name
+    if typed.study.parent_run_id:
+        tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
+                     "segsweep.trial": str(typed.study.trial_number)})
+        run_name = run_name or f"trial-{typed.study.trial_number}"
+    mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)
+    if run_id is None:  # params are immutable: a resumed run keeps those it logged
+        mlflow.log_params(effective_params(typed))
+        mlflow.log_artifact(resolved)
+        mlflow.log_artifact(out_dir / "class_weights.txt")
+    log.info("MLflow run %s in %s", mlflow.run_id, typed.mlflow.tracking_uri)
+    return mlflow
 
 
 def _plots(out_dir: Path, result, terms: list[str]) -> list[Path]:

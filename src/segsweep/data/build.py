@@ -15,6 +15,7 @@ from segsweep.data.gta5 import GTA5Segmentation
 from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler, SeededBatches, SeededConcat
 from segsweep.data.toycity import ensure_toycity
 from segsweep.data.transforms import EvalTransform, TrainTransform
+from segsweep.engine.preemption import ignore_stop_signals
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -32,8 +33,12 @@ def resolve_roots(data: DataConfig) -> tuple[Path, Path]:
 
 
 def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, seed: int,
-                    pin_memory: bool, start_batch: int = 0) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
+                    pin_memory: bool, start_batch: int = 0, rank: int = 0,
+                    world_size: int = 1) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
     """An infinite mixed training loader, a one-pass real validation loader, and the raw datasets.
+
+    With several data-parallel ranks, each gets its own batches of the one mixed sequence and every
+    ``world_size``-th validation image (a partition: the ranks' confusion matrices add up to the whole set's).
 
     The dict holds ``real_train``, ``synthetic`` (None when no batch uses synthetic samples), ``real_val`` (loader
     datasets, e.g. for class-frequency counting), ``train_sampler`` and ``real_per_batch``.
@@ -55,17 +60,17 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, se
     if synthetic is not None:
         parts.append(DomainDataset(synthetic, SYNTHETIC, mix.synthetic_loss_weight, train_tf))
     sampler = MixedBatchSampler(len(real_train), len(synthetic) if synthetic is not None else 0, batch_size,
-                                mix.real_ratio, seed, start_batch=start_batch)
+                                mix.real_ratio, seed, start_batch=start_batch, rank=rank, world_size=world_size)
     workers = data.num_workers
     train_loader = DataLoader(
         SeededConcat(parts), batch_sampler=SeededBatches(sampler), num_workers=workers, collate_fn=collate,
-        pin_memory=pin_memory, persistent_workers=workers > 0,
+        pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
         # no worker seeding needed: SeededBatches gives every sample its own augmentation generator
     )
     val_loader = DataLoader(
         DomainDataset(real_val, REAL, mix.real_loss_weight, EvalTransform()), batch_size=data.val_batch_size,
-        shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-        persistent_workers=workers > 0,
+        sampler=range(rank, len(real_val), world_size), num_workers=workers, collate_fn=collate,
+        pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
     )
     info = {"real_train": real_train, "synthetic": synthetic, "real_val": real_val, "train_sampler": sampler,
             "real_per_batch": sampler.k_real}

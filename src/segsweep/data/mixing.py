@@ -65,7 +65,7 @@ class SeededBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for k, batch in enumerate(self.sampler, start=self.sampler.start_batch):
+        for k, batch in self.sampler.numbered():
             yield [(i, augmentation_seed(self.sampler.seed, k, j)) for j, i in enumerate(batch)]
 
 
@@ -86,10 +86,14 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
     its own seeded permutation, a fresh one per pass, so no index repeats within a pass. Infinite unless
     ``num_batches`` is given. Every ``iter()`` restarts the same sequence; ``start_batch`` skips that many batches
     first (cheap: only indices are drawn), e.g. to resume a run.
+
+    Data-parallel: rank r of ``world_size`` W takes batches r, r + W, r + 2W, ... of the one seeded sequence, so
+    every rank's batch has the mixed composition and W ranks together see exactly what one process would see in
+    W steps. ``num_batches`` and ``start_batch`` count this rank's batches.
     """
 
     def __init__(self, n_real: int, n_synthetic: int, batch_size: int, real_ratio: float, seed: int,
-                 num_batches: int | None = None, start_batch: int = 0) -> None:
+                 num_batches: int | None = None, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n_real, self.n_synthetic, self.batch_size = n_real, n_synthetic, batch_size
@@ -101,7 +105,10 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.k_synthetic and n_synthetic < 1:
             raise ValueError(f"real_ratio={real_ratio} needs {self.k_synthetic} synthetic samples per batch of "
                              f"{batch_size}, but the synthetic dataset is empty")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.seed, self.num_batches, self.start_batch = seed, num_batches, start_batch
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -114,6 +121,11 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield from rng.permutation(n).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
+        for _, batch in self.numbered():
+            yield batch
+
+    def numbered(self) -> Iterator[tuple[int, list[int]]]:
+        """(number of the batch in the whole sequence, its indices) for this rank's batches."""
         # Separate streams per domain: the real order does not depend on how many synthetic samples are drawn.
         real = self._stream(self.n_real, np.random.default_rng([self.seed, REAL])) if self.k_real else iter(())
         syn = self._stream(self.n_synthetic, np.random.default_rng([self.seed, SYNTHETIC])) if self.k_synthetic \
@@ -122,9 +134,14 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
         def draw() -> list[int]:
             return [next(real) for _ in range(self.k_real)] + [self.n_real + next(syn) for _ in range(self.k_synthetic)]
 
-        for _ in range(self.start_batch):
+        w = self.world_size
+        g = 0  # number of the next batch in the whole sequence
+        for _ in range(self.start_batch * w + self.rank):
             draw()
+            g += 1
         b = 0
         while self.num_batches is None or b < self.num_batches:
-            yield draw()
-            b += 1
+            yield g, draw()
+            for _ in range(w - 1):  # the other ranks' batches
+                draw()
+            g, b = g + w, b + 1

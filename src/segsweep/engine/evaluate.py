@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from segsweep.engine.distributed import all_reduce_
+
 
 @dataclass
 class EvalResult:
@@ -72,5 +74,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, devic
         with autocast:
             logits = model(image)["out"]
         confusion_update(confusion, logits.argmax(1), target, ignore_index)
+    all_reduce_(confusion)  # data-parallel: each rank saw its share of the images
     model.train(was_training)
     return EvalResult(confusion.cpu().numpy())

@@ -3,6 +3,10 @@
 One step: batch to the device (non-blocking) -> forward (bf16 autocast on CUDA) -> criterion (named terms,
 sample-weighted, monitors) -> backward -> optimiser and lr step -> running sums on the device. Only a
 logging step reads numbers back to the host; evaluation runs every ``eval_every`` iterations and at the end.
+
+Data-parallel (``world.size > 1``): the model is wrapped in DistributedDataParallel, logging steps all-reduce
+the sums, and every decision that ends training (a non-finite loss, a stop request, pruning) is taken by all
+ranks at the same step, so that none waits forever in a collective the others have left.
 """
 
 from __future__ import annotations
@@ -16,10 +20,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from segsweep.config import TrainerConfig
+from segsweep.engine.distributed import SINGLE_PROCESS, World, any_rank, buffers_from_rank0
 from segsweep.engine.evaluate import EvalResult, evaluate
 from segsweep.losses import SegmentationCriterion
 from segsweep.tracking.storage import MetricAccumulator
 from segsweep.tracking.writers import Writer
+
+
+class Preempted(Exception):
+    """Training stopped early because the job was asked to (SLURM's time-limit signal, SIGTERM); the
+    checkpoint of ``iteration`` is written, and the same command resumes from it."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped at iteration {iteration} on request; checkpoint written")
+        self.iteration = iteration
+
+
+class StoppedByRank0(Exception):
+    """On the other ranks: rank 0 ended training (e.g. its trial was pruned)."""
 
 
 @dataclass
@@ -42,17 +60,24 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
           device: torch.device, writers: list[Writer], class_names: list[str],
           rare_classes: tuple[int, ...] = (),
           on_eval: Callable[[int, dict[str, float]], None] | None = None,
-          checkpoint: Callable[[int], None] | None = None) -> EvalResult:
+          checkpoint: Callable[[int], None] | None = None,
+          stop_requested: Callable[[], bool] | None = None, world: World = SINGLE_PROCESS) -> EvalResult:
     """Train until ``cfg.max_iters``; returns the last evaluation on the validation split.
 
     ``on_eval(iteration, metrics)`` runs after every evaluation (a sweep reports to its pruner there; it may
-    raise to stop the run); ``checkpoint(iteration)`` every ``cfg.checkpoint_every`` iterations."""
+    raise to stop the run); ``checkpoint(iteration)`` every ``cfg.checkpoint_every`` iterations.
+    ``stop_requested()`` is asked at every logging step; when it says yes (on any rank) the run checkpoints and
+    raises ``Preempted``. Pass ``on_eval``, ``checkpoint`` and writers on rank 0 only."""
     use_cuda = device.type == "cuda"
     amp = cfg.amp and use_cuda
     channels_last = cfg.channels_last and use_cuda
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     model, criterion, optimizer, scheduler = state.model, state.criterion, state.optimizer, state.scheduler
-    forward = torch.compile(model) if cfg.compile else model
+    forward = model
+    if world.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if use_cuda else None)
+    forward = torch.compile(forward) if cfg.compile else forward
     storage = MetricAccumulator(device)
     result: EvalResult | None = None
 
@@ -79,19 +104,32 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
         storage.add(loss, step, data_time)
 
         last = step == cfg.max_iters
+        stop = False
         if step % cfg.log_every == 0 or last:
-            metrics = {f"train/{k}": v for k, v in storage.flush().items()}  # raises on a non-finite loss
+            # raises on a non-finite loss; a stop request is shared here, the step's only host read
+            metrics, stop = storage.flush(stop_requested is not None and stop_requested())
+            metrics = {f"train/{k}": v for k, v in metrics.items()}
             metrics["train/lr"] = optimizer.param_groups[0]["lr"]
             emit(step, metrics)
         if step % cfg.eval_every == 0 or last:
             t_eval = time.perf_counter()
+            buffers_from_rank0(model)
             result = evaluate(model, val_loader, len(class_names), device, amp)
             metrics = result.metrics(class_names, rare_classes)
             emit(step, metrics)
             storage.period_start += time.perf_counter() - t_eval  # step times exclude evaluation
+            error = None
             if on_eval is not None:
-                on_eval(step, metrics)
-        if checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+                try:
+                    on_eval(step, metrics)
+                except Exception as e:  # e.g. optuna.TrialPruned: every rank stops here
+                    error = e
+            if any_rank(error is not None, device):
+                raise error or StoppedByRank0(f"rank 0 stopped training at iteration {step}")
+        if checkpoint is not None and not last and (
+                stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             checkpoint(step)
+        if stop and not last:
+            raise Preempted(step)
     assert result is not None
     return result

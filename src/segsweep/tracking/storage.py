@@ -2,8 +2,9 @@
 
 Reading a CUDA tensor on the host (``.item()``) waits for the GPU to finish, so the training step never does
 it: every step adds its scalars to one device vector, and ``flush`` reads that vector once per logging period.
-Monitors arrive as (sum, count) pairs so that the mean over a period (and, later, over several GPUs) is exact:
-the mean of the real samples' losses, not a mean of per-step means.
+Terms and monitors arrive as (sum, count) pairs, so that a logged mean is exact over the period and over every
+data-parallel rank (sums and counts are all-reduced): the mean over all the real samples seen, not a mean of
+per-step or per-rank means, which is wrong when steps or ranks hold different numbers of samples.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import time
 
 import torch
 
+from segsweep.engine.distributed import all_reduce_
 from segsweep.losses import LossOutput
 
 
 class MetricAccumulator:
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.keys: list[str] | None = None  # fixed by the first step: "loss", terms, then monitors
-        self.n_terms = 0
+        self.terms: list[str] | None = None  # fixed by the first step
+        self.weights: dict[str, float] = {}
         self.monitor_keys: list[str] = []
         self._reset()
 
@@ -35,42 +37,47 @@ class MetricAccumulator:
 
     def add(self, out: LossOutput, iteration: int, data_time: float = 0.0) -> None:
         """Record one step. Only device operations: no host-device synchronisation."""
-        if self.keys is None:
-            self.keys = ["loss", *out.terms]
-            self.n_terms = len(self.keys)
-            self.monitor_keys = list(out.monitors)
-        scalars = [out.total.detach(), *(v.detach() for v in out.terms.values())]
-        sums = [s for s, _ in out.monitors.values()]
-        counts = [c for _, c in out.monitors.values()]
-        values = torch.stack([v.float() for v in (*scalars, *sums, *counts)])
+        if self.terms is None:
+            self.terms, self.weights, self.monitor_keys = list(out.terms), dict(out.weights), list(out.monitors)
+        parts = [out.term_parts[k] for k in self.terms]
+        values = torch.stack([v.detach().float() for v in (
+            out.total, *(out.terms[k] for k in self.terms),  # this step's values: kept only to name a bad step
+            *(n for n, _ in parts), *(d for _, d in parts),
+            *(s for s, _ in out.monitors.values()), *(c for _, c in out.monitors.values()))])
         self.sums = values if self.sums is None else self.sums + values
         # Remember the first non-finite step of the period without reading anything back.
-        finite = torch.isfinite(values[0])
-        first_bad = (~finite) & (self.bad_iter < 0)
+        first_bad = (~torch.isfinite(values[0])) & (self.bad_iter < 0)
         self.bad_iter = torch.where(first_bad, torch.full_like(self.bad_iter, iteration), self.bad_iter)
-        head = values[: self.n_terms]
+        head = values[: 1 + len(self.terms)]
         self.bad_values = head if self.bad_values is None else torch.where(first_bad, head, self.bad_values)
         self.steps += 1
         self.data_time += data_time
 
-    def flush(self) -> dict[str, float]:
-        """Means over the period since the last flush (one host read). Raises on a non-finite loss."""
-        if self.sums is None or self.keys is None:
-            return {}
-        packed = torch.cat([self.sums, self.bad_iter.float().reshape(1), self.bad_values]).tolist()
-        n, k = self.steps, self.n_terms
-        sums, bad_iter, bad_values = packed[: len(self.sums)], int(packed[len(self.sums)]), packed[-k:]
-        if bad_iter >= 0:
-            detail = ", ".join(f"{name}={v:.6g}" for name, v in zip(self.keys, bad_values))
-            raise FloatingPointError(f"loss is not finite at iteration {bad_iter}: {detail}")
+    def flush(self, stop: bool = False) -> tuple[dict[str, float], bool]:
+        """Means over the period since the last flush, over every rank (one host read), and whether any rank
+        asked to ``stop``. Raises on a non-finite loss (on every rank, when any rank saw one)."""
+        if self.sums is None or self.terms is None:
+            return {}, stop
+        n, t, m = self.steps, len(self.terms), len(self.monitor_keys)
+        sums = all_reduce_(self.sums[1 + t:].clone(), "sum")  # term (num, den), monitor (sum, count)
         elapsed = time.perf_counter() - self.period_start
-        metrics = {name: sums[i] / n for i, name in enumerate(self.keys)}
-        m = len(self.monitor_keys)
-        for j, name in enumerate(self.monitor_keys):
-            total, count = sums[k + j], sums[k + m + j]
+        # the slowest rank's data and step times; any rank's bad step or stop request
+        peaks = all_reduce_(torch.tensor([self.data_time / n, elapsed / n, float(stop)], device=self.device), "max")
+        worst = all_reduce_(self.bad_iter.reshape(1).clone(), "max")
+        packed = torch.cat([sums, peaks, worst.float(), self.bad_iter.float().reshape(1), self.bad_values]).tolist()
+        sums, (data_time, step_time, stop_any, bad_iter, local_bad), bad_values = \
+            packed[: len(sums)], packed[len(sums): len(sums) + 5], packed[len(sums) + 5:]
+        if bad_iter >= 0:
+            names = ["loss", *self.terms]
+            detail = ", ".join(f"{k}={v:.6g}" for k, v in zip(names, bad_values)) if local_bad >= 0 else \
+                "on another rank"
+            raise FloatingPointError(f"loss is not finite at iteration {int(bad_iter)}: {detail}")
+        nums, dens, msums, mcounts = sums[:t], sums[t: 2 * t], sums[2 * t: 2 * t + m], sums[2 * t + m:]
+        metrics = {k: (nums[i] / dens[i] if dens[i] > 0 else 0.0) for i, k in enumerate(self.terms)}
+        metrics = {"loss": sum(self.weights[k] * v for k, v in metrics.items()), **metrics}
+        for name, total, count in zip(self.monitor_keys, msums, mcounts):
             if count > 0 and math.isfinite(total):  # absent when the domain had no (finite) sample
                 metrics[name] = total / count
-        metrics["time"] = elapsed / n
-        metrics["data_time"] = self.data_time / n
+        metrics["time"], metrics["data_time"] = step_time, data_time
         self._reset()
-        return metrics
+        return metrics, stop_any > 0
