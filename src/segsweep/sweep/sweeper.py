@@ -20,6 +20,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ class StudySweeper(Sweeper):
                 overrides = self._overrides(trials, space, fixed, fixed_overrides, storage, parent.run_id)
                 returns = self._launch(study, trials, overrides, job_idx)
                 job_idx += len(trials)
-                self._settle(study, trials, returns)
+                parent.fail_children(self._settle(study, trials, returns))  # their MLflow runs were left RUNNING
                 n_fail = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                              if not _is_interrupted(t))
                 if n_fail > self.max_failure_rate * self.n_trials:
@@ -157,15 +158,28 @@ class StudySweeper(Sweeper):
                 for o, t in zip(base, trials)]
 
     def _launch(self, study: optuna.Study, trials: list[optuna.Trial], overrides: list, job_idx: int) -> list:
-        try:
-            return list(self.launcher.launch(overrides, initial_job_idx=job_idx))
-        except Exception as e:  # e.g. a cluster job that died without a result: its trial failed, the study goes on
-            log.error("launching trials %s failed: %s", [t.number for t in trials], e)
-            return [e] * len(trials)
+        """The batch's jobs; a job that ended without a result (killed, node failure) comes back as its error.
+
+        submitit launchers wait for a batch's jobs in turn and raise at the first one that died, which would
+        leave the others unwatched while they still run: those launchers get one call per trial, side by side."""
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+        def launch(i: int, n: int) -> list:
+            try:
+                return list(self.launcher.launch(overrides[i: i + n], initial_job_idx=job_idx + i))
+            except Exception as e:
+                log.error("trials %s: a job ended without a result: %s", [t.number for t in trials[i: i + n]], e)
+                return [e] * n
+
+        if len(trials) == 1 or not isinstance(self.launcher, BaseSubmititLauncher):
+            return launch(0, len(trials))
+        with ThreadPoolExecutor(len(trials)) as pool:
+            return [r for rs in pool.map(lambda i: launch(i, 1), range(len(trials))) for r in rs]
 
     @staticmethod
-    def _settle(study: optuna.Study, trials: list[optuna.Trial], returns: list) -> None:
-        """Fail the trials whose job ended without telling the study (a crash before or after training)."""
+    def _settle(study: optuna.Study, trials: list[optuna.Trial], returns: list) -> list[optuna.trial.FrozenTrial]:
+        """Fail the trials whose job ended without telling the study (a crash, a killed job); returns them."""
+        failed = []
         for trial, ret in zip(trials, returns):
             state = study.get_trials(deepcopy=False)[trial.number].state  # numbers index a study's trials
             error = ret if isinstance(ret, Exception) else getattr(ret, "_return_value", None)
@@ -174,11 +188,13 @@ class StudySweeper(Sweeper):
                 trial.set_user_attr("fail_reason", reason[:2000])
                 tell_failed(study, trial)
                 state = TrialState.FAIL
+                failed.append(study.get_trials(deepcopy=False)[trial.number])
             if state == TrialState.FAIL:
                 reason = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("fail_reason")
                 log.warning("trial %d failed: %s", trial.number, reason)
             else:
                 log.info("trial %d: %s", trial.number, state.name)
+        return failed
 
     @staticmethod
     def _log_best(study: optuna.Study) -> None:
