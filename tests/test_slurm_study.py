@@ -1,0 +1,111 @@
+"""Optuna studies whose trials are SLURM jobs on the real single-node cluster of scripts/slurm_cluster.py,
+launched with the project's `slurm_gpu` preset (no GPU on this node, so no GPU is asked for, and less memory):
+both trials run as jobs; a job sent the time-limit signal is requeued and finishes its trial in the same
+MLflow run; a job killed outright fails its trial while the study goes on."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+
+
+def start_study(tmp: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=smoke", "hydra/launcher=slurm_gpu",
+           # the CI node has no GPU (a GPU request fails at sbatch) and less memory than a GPU node
+           "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+           "hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30",
+           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.max_iters=120", "trainer.log_every=2",
+           "trainer.eval_every=60", "trainer.num_threads=1",
+           f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"hydra.sweep.dir={tmp}/multirun", *extra]
+    return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SEGSWEEP_CACHE": str(tmp / "cache")})
+
+
+def training_job(tmp: Path, proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
+    """(trial number, SLURM job id) of the first trial seen training, from its MLflow run's tags."""
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        for number in (0, 1):
+            jsonl = tmp / "multirun" / f"trial_{number}" / "metrics.jsonl"
+            if jsonl.exists() and jsonl.read_text().count("\n") >= 1:
+                exp = client.get_experiment_by_name("segsweep")
+                for run in client.search_runs([exp.experiment_id]):
+                    if run.data.tags.get("segsweep.trial") == str(number):
+                        return number, run.data.tags["segsweep.slurm_job_id"]
+        time.sleep(0.2)
+    raise AssertionError("no trial started training")
+
+
+def finish(proc: subprocess.Popen) -> None:
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+
+
+def load(tmp: Path):
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp}/multirun/optuna.db")
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("segsweep.role") == "study"]
+    children = {int(r.data.tags["segsweep.trial"]): r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    return study, client, parent, children
+
+
+def test_study_runs_as_slurm_jobs_and_a_signalled_job_requeues_and_finishes(tmp_path, slurm_cluster):
+    proc = start_study(tmp_path)
+    number, job_id = training_job(tmp_path, proc)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before the time limit
+    finish(proc)
+
+    study, client, parent, children = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert parent.info.status == "FINISHED" and sorted(children) == [0, 1]
+    ids = {n: r.data.tags["segsweep.slurm_job_id"] for n, r in children.items()}
+    assert len(set(ids.values())) == 2  # two SLURM jobs
+    for t in study.trials:
+        child = children[t.number]
+        assert child.info.status == "FINISHED" and child.data.metrics["val/mIoU"] == pytest.approx(t.value)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+        assert steps == list(range(2, 121, 2))  # every logging step once, across the requeue
+    preempted = study.trials[number]
+    stopped = int(preempted.user_attrs["preempted_at"])
+    assert children[number].data.tags["segsweep.preempted_at"] == str(stopped) and 0 < stopped < 120
+    assert "preempted_at" not in study.trials[1 - number].user_attrs
+    records = [json.loads(x) for x in (tmp_path / "multirun" / f"trial_{number}" / "metrics.jsonl").open()]
+    assert [r["iteration"] for r in records if "train/loss" in r] == list(range(2, 121, 2))
+    state = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job_id, "-o", "State"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert "REQUEUED" in state and state[-1] == "COMPLETED", state  # the job's two lives, per sacct
+
+
+def test_a_job_killed_outright_fails_its_trial_and_the_study_goes_on(tmp_path, slurm_cluster):
+    proc = start_study(tmp_path)
+    number, job_id = training_job(tmp_path, proc)
+    # SIGKILL to the job's step (`<job>.0`, the training process): no warning, no checkpoint. (A signal to the
+    # job itself is a cancel: SIGTERM first, which submitit ignores, and SIGKILL only after KillWait.)
+    subprocess.run(["scancel", "--signal=KILL", f"{job_id}.0"], check=True)
+    finish(proc)
+
+    study, _, parent, children = load(tmp_path)
+    killed, other = study.trials[number], study.trials[1 - number]
+    assert killed.state == TrialState.FAIL and "UncompletedJobError" in killed.user_attrs["fail_reason"]
+    assert other.state == TrialState.COMPLETE  # awaited to its end, not failed with its neighbour
+    assert children[number].info.status == "FAILED"  # its run, left RUNNING by the dead job, closed by the sweep
+    assert children[1 - number].info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert parent.data.tags["n_fail"] == "1"
