@@ -100,6 +100,6 @@ def test_two_ranks_log_what_one_process_computes_on_the_same_samples(tmp_path):
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])  # one run: rank 0's
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["segsweep.world_size"] == "2"
     assert run.data.metrics["train/ce_real"] == pytest.approx(expected[2]["train/ce_real"], rel=2e-4)
     assert (run_dir / "model_final.pt").exists()

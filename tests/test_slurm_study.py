@@ -109,3 +109,18 @@ def test_a_job_killed_outright_fails_its_trial_and_the_study_goes_on(tmp_path, s
     assert children[number].info.status == "FAILED"  # its run, left RUNNING by the dead job, closed by the sweep
     assert children[1 - number].info.status == "FINISHED" and parent.info.status == "FINISHED"
     assert parent.data.tags["n_fail"] == "1"
+
+
+def test_a_trial_with_two_tasks_per_node_trains_data_parallel(tmp_path, slurm_cluster):
+    proc = start_study(tmp_path, "hydra.launcher.tasks_per_node=2", "hydra.sweeper.n_trials=1",
+                       "hydra.sweeper.n_jobs=1", "trainer.max_iters=6")
+    finish(proc)
+    study, _, _, children = load(tmp_path)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert children[0].data.tags["segsweep.world_size"] == "2"  # one run, logged by rank 0 of 2 SLURM tasks
+    logs = {p.name: p.read_text() for p in (tmp_path / "multirun" / ".submitit").glob("*/*_log.out")}
+    assert len(logs) == 2  # one log per task
+    assert "data-parallel: rank 0 of 2 on cpu (gloo)" in "".join(logs.values())
+    records = [json.loads(x) for x in (tmp_path / "multirun" / "trial_0" / "metrics.jsonl").open()]
+    assert [r["iteration"] for r in records if "train/loss" in r] == [2, 4, 6]  # written once, not per rank

@@ -151,7 +151,8 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> 
                    JsonlWriter(out_dir / "metrics.jsonl", resume_from=start if resumed else None),
                    ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar, start)]
         if typed.mlflow.enabled:
-            mlflow = _open_mlflow(typed, out_dir, resolved, resumed.get("mlflow_run_id") if resumed else None)
+            mlflow = _open_mlflow(typed, out_dir, resolved, resumed.get("mlflow_run_id") if resumed else None,
+                                  world)
             writers.append(mlflow)
         if trial is not None:
             trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
@@ -212,9 +213,9 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> 
     return values[0] if isinstance(typed.objective, str) else values
 
 
-def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | None) -> MlflowWriter:
+def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | None, world: World) -> MlflowWriter:
     """The run's MLflow run: a new one, a sweep trial's child of the study run, or the resumed ``run_id``."""
-    tags = {"segsweep.output_dir": str(out_dir.resolve()), **slurm_tags()}
+    tags = {"segsweep.output_dir": str(out_dir.resolve()), "segsweep.world_size": str(world.size), **slurm_tags()}
     run_name = typed.mlflow.run_name
     if typed.study.parent_run_id:
         tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),

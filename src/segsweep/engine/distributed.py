@@ -8,12 +8,15 @@ does anything, so single-process code paths stay plain.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("segsweep")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size)
+    log.info("data-parallel: rank %d of %d on %s (%s)", rank, size, device, dist.get_backend())
     return World(rank, size, local_rank), device
 
 
