@@ -58,16 +58,20 @@ def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
 # --- mlflow server ------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def mlflow_server(db: Path, log_path: Path, timeout: float = 45.0) -> Iterator[str]:
-    """Run ``mlflow server`` on a free 127.0.0.1 port over the SQLite store ``db``; yield its base URL."""
+def mlflow_server(backend: Path | str, log_path: Path, timeout: float = 45.0, extra: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``mlflow server`` on a free 127.0.0.1 port over ``backend`` (a SQLite file, or any store URI), with
+    ``extra`` arguments; yield its base URL; stop it afterwards."""
     port = free_port()
     exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    uri = f"sqlite:///{backend}" if isinstance(backend, Path) else backend
+    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra]
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=db.parent, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **QUIET_ENV}, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env or {**os.environ, **QUIET_ENV},
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from segsweep.tracking.mlflow_writer import artifact_location, log_params, retry
+from segsweep.tracking.mlflow_writer import artifact_location, log_params, open_client, retry
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,9 @@ class StudyParentRun:
     def open(cls, config: DictConfig, study: optuna.Study, storage: str, space: dict, fixed: dict,
              command: str) -> StudyParentRun:
         """The parent run of ``study`` (tagged ``segsweep.study``), created with the study's description."""
-        from mlflow.tracking import MlflowClient
-
         uri = OmegaConf.select(config, "mlflow.tracking_uri")
         exp_name = OmegaConf.select(config, "mlflow.experiment_name")
-        client = MlflowClient(uri)
+        client = open_client(uri)  # a new SQLite store is created under the store's lock
         # Created here, once, before any job starts: concurrent jobs then never race on a fresh store's schema.
         exp = retry(lambda: client.get_experiment_by_name(exp_name))
         exp_id = exp.experiment_id if exp else retry(

@@ -160,9 +160,11 @@ class StudySweeper(Sweeper):
     def _launch(self, study: optuna.Study, trials: list[optuna.Trial], overrides: list, job_idx: int) -> list:
         """The batch's jobs; a job that ended without a result (killed, node failure) comes back as its error.
 
-        submitit launchers wait for a batch's jobs in turn and raise at the first one that died, which would
-        leave the others unwatched while they still run: those launchers get one call per trial, side by side."""
-        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+        The submitit launchers wait for a batch's jobs in turn and raise at the first one that died, which would
+        leave the others unwatched while they still run. On SLURM each trial is therefore launched on its own,
+        side by side. (Not for submitit's local executor: its job folder is created after the job's process
+        starts, a race that concurrent submissions lose.)"""
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
         def launch(i: int, n: int) -> list:
             try:
@@ -171,7 +173,7 @@ class StudySweeper(Sweeper):
                 log.error("trials %s: a job ended without a result: %s", [t.number for t in trials[i: i + n]], e)
                 return [e] * n
 
-        if len(trials) == 1 or not isinstance(self.launcher, BaseSubmititLauncher):
+        if len(trials) == 1 or not isinstance(self.launcher, SlurmLauncher):
             return launch(0, len(trials))
         with ThreadPoolExecutor(len(trials)) as pool:
             return [r for rs in pool.map(lambda i: launch(i, 1), range(len(trials))) for r in rs]

@@ -7,12 +7,13 @@ FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,6 +44,47 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+def sqlite_path(tracking_uri: str | None) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or absolute); None for other stores and in-memory ones."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<db>-lock`` beside a SQLite store (named like SQLite's own ``<db>-journal``);
+    nothing for other stores."""
+    path = sqlite_path(tracking_uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        path = None
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + "-lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def open_client(tracking_uri: str | None):
+    """An ``MlflowClient`` whose store exists with MLflow's current schema.
+
+    ``MlflowClient()`` opens its store, and MLflow creates and migrates the tables of a new SQLite store without
+    a lock: jobs started together on a file that does not exist yet failed with "table ... already exists",
+    "duplicate column name", alembic's "Online migration expected to match one row" (7 or all 8 of 8). So one
+    process at a time opens a SQLite store: the first creates it, the others find it complete. Server stores
+    (http://, postgresql://) migrate on the server or once, and take no lock.
+    """
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(tracking_uri):
+        return retry(lambda: MlflowClient(tracking_uri))
+
+
 def retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
     """SQLite stores answer 'database is locked' while another job writes: back off and try again."""
     for i in range(attempts):
@@ -68,9 +110,7 @@ class MlflowWriter:
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None) -> None:
         """A new run, or the existing ``run_id`` continued (a resumed job keeps its run)."""
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
+        self.client = open_client(tracking_uri)
         if run_id is not None:
             retry(lambda: self.client.update_run(run_id, status="RUNNING"))
             self.run_id, self.artifact_uri = run_id, self.client.get_run(run_id).info.artifact_uri
@@ -79,8 +119,8 @@ class MlflowWriter:
         exp = retry(lambda: self.client.get_experiment_by_name(experiment_name))
         if exp is None:
             try:
-                exp_id = self.client.create_experiment(experiment_name,
-                                                       artifact_location=artifact_location(tracking_uri))
+                exp_id = retry(lambda: self.client.create_experiment(
+                    experiment_name, artifact_location=artifact_location(tracking_uri)))
             except Exception:  # another job created it in the meantime
                 exp_id = retry(lambda: self.client.get_experiment_by_name(experiment_name))
                 if exp_id is None:
