@@ -54,7 +54,7 @@ def test_non_finite_loss_raises_naming_first_bad_iteration_and_terms():
 # Two ranks with different numbers of samples per domain; the expected values are written out by hand below.
 RANK_STEPS = {
     0: [dict(ce_num=6.0, ce_den=3, real=(3.0, 2), synthetic=(1.0, 1)), dict(ce_num=4.0, ce_den=1, real=(1.0, 2))],
-    1: [dict(ce_num=1.0, ce_den=4, real=(0.5, 1), synthetic=(2.0, 3)), dict(ce_num=0.0, ce_den=0)],
+    1: [dict(ce_num=1.0, ce_den=2, real=(0.5, 1), synthetic=(2.0, 3)), dict(ce_num=0.0, ce_den=0)],
 }
 
 
@@ -70,8 +70,9 @@ def test_two_ranks_reduce_sums_and_counts_exactly(tmp_path):
     assert [s for s, _ in results] == ["ok", "ok"], results
     (m0, stop0), (m1, stop1) = results[0][1], results[1][1]
     assert m0 == m1 and stop0 is stop1 is True  # every rank logs the same values and stops together
-    # ce: (6 + 4 + 1 + 0) / (3 + 1 + 4 + 0) = 11 / 8; a mean of the ranks' means would be (2.5 + 0.25) / 2
-    assert m0["ce"] == pytest.approx(11 / 8) and m0["loss"] == pytest.approx(0.5 * 11 / 8)
+    # ce: (6 + 4 + 1 + 0) / (3 + 1 + 2 + 0) = 11 / 6; a mean of the ranks' means would be (2.5 + 0.5) / 2 = 1.5
+    assert m0["ce"] == pytest.approx(11 / 6) and m0["loss"] == pytest.approx(0.5 * 11 / 6)
+    # real: 4.5 / 5 = 0.9 (not (1 + 0.5) / 2); synthetic: 3 / 4 = 0.75 (not (1 + 2/3) / 2)
     assert m0["ce_real"] == pytest.approx((3.0 + 1.0 + 0.5) / (2 + 2 + 1))
     assert m0["ce_synthetic"] == pytest.approx((1.0 + 2.0) / (1 + 3))
     assert m0["data_time"] == pytest.approx(1.1)  # the slowest rank's
