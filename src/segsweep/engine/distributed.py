@@ -85,6 +85,12 @@ def buffers_from_rank0(model: torch.nn.Module) -> None:
             dist.broadcast(b, src=0)
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0's checkpoint is on disk before all of them stop)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def from_rank0(obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every rank (e.g. its run directory, when each rank's Hydra made its own)."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segsweep.config import TrainerConfig
-from segsweep.engine.distributed import SINGLE_PROCESS, World, any_rank, buffers_from_rank0
+from segsweep.engine.distributed import SINGLE_PROCESS, World, any_rank, barrier, buffers_from_rank0
 from segsweep.engine.evaluate import EvalResult, evaluate
 from segsweep.losses import SegmentationCriterion
 from segsweep.tracking.storage import MetricAccumulator
@@ -130,6 +130,7 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
                 stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             checkpoint(step)
         if stop and not last:
+            barrier()  # a rank that ends first may take the others down (torchrun, srun) before the checkpoint
             raise Preempted(step)
     assert result is not None
     return result
