@@ -65,6 +65,11 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     return World(rank, size, local_rank), device
 
 
+def _several() -> bool:
+    """Is this process one of several in an initialised process group?"""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def close_world(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -72,7 +77,7 @@ def close_world(world: World) -> None:
 
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place sum or max over the ranks; the identity with one process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return tensor
 
@@ -80,20 +85,20 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def buffers_from_rank0(model: torch.nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics, which each rank updates from its own batches) to
     every rank, so that the ranks evaluate the same model on their shares of the validation set."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several():
         for b in model.buffers():
             dist.broadcast(b, src=0)
 
 
 def barrier() -> None:
     """Wait for every rank (e.g. until rank 0's checkpoint is on disk before all of them stop)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several():
         dist.barrier()
 
 
 def from_rank0(obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every rank (e.g. its run directory, when each rank's Hydra made its own)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -102,6 +107,6 @@ def from_rank0(obj: Any) -> Any:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is True on any: decisions that stop training must be taken together."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several():
         return flag
     return bool(all_reduce_(torch.tensor([float(flag)], device=device), "max").item())

@@ -21,15 +21,17 @@ import threading
 from typing import Any
 
 
-def preempt_signal() -> signal.Signals:
-    return signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"]
+def stop_signals() -> list[signal.Signals]:
+    """submitit's preemption signal (USR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise), and SIGTERM."""
+    return list(dict.fromkeys((signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"],
+                               signal.SIGTERM)))
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: SLURM signals every process of a job step, loader workers included, and
     torch's workers die on SIGTERM, which would fail the run before its checkpoint. The main process decides;
     workers end with it (they watch their parent)."""
-    for sig in dict.fromkeys((preempt_signal(), signal.SIGTERM)):
+    for sig in stop_signals():
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -41,7 +43,7 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # Python delivers signals to the main thread only
-        for sig in dict.fromkeys((preempt_signal(), signal.SIGTERM)):
+        for sig in stop_signals():
             previous = signal.getsignal(sig)
             if sig == signal.SIGTERM and previous != signal.SIG_DFL:
                 continue

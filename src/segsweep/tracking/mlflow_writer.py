@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 log = logging.getLogger("segsweep")
 
@@ -38,10 +37,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database, not into the current directory."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(urlparse(tracking_uri).path)
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
+    db = sqlite_path(tracking_uri)
+    return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
 
 
 def sqlite_path(tracking_uri: str | None) -> Path | None:

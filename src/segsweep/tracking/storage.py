@@ -62,9 +62,9 @@ class MetricAccumulator:
         sums = all_reduce_(self.sums[1 + t:].clone(), "sum")  # term (num, den), monitor (sum, count)
         elapsed = time.perf_counter() - self.period_start
         # the slowest rank's data and step times; any rank's bad step or stop request
-        peaks = all_reduce_(torch.tensor([self.data_time / n, elapsed / n, float(stop)], device=self.device), "max")
-        worst = all_reduce_(self.bad_iter.reshape(1).clone(), "max")
-        packed = torch.cat([sums, peaks, worst.float(), self.bad_iter.float().reshape(1), self.bad_values]).tolist()
+        local = torch.tensor([self.data_time / n, elapsed / n, float(stop)], device=self.device)
+        peaks = all_reduce_(torch.cat([local, self.bad_iter.float().reshape(1)]), "max")  # iterations < 2**24
+        packed = torch.cat([sums, peaks, self.bad_iter.float().reshape(1), self.bad_values]).tolist()
         sums, (data_time, step_time, stop_any, bad_iter, local_bad), bad_values = \
             packed[: len(sums)], packed[len(sums): len(sums) + 5], packed[len(sums) + 5:]
         if bad_iter >= 0:
