@@ -12,13 +12,35 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from segsweep.config import register_configs, validate
+from segsweep.config import ConfigError, register_configs, validate
 
 ROOT = Path(__file__).resolve().parent
 
 
 def main(overrides: list[str]) -> None:
+    """Print the table; a bad override, config value or data file ends with one line naming it (exit 1)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from segsweep.data.cityscapes import DatasetError
+
+    try:
+        table(overrides)
+    except (HydraException, OmegaConfBaseException, ConfigError, DatasetError) as e:
+        logging.getLogger("segsweep").error("%s", one_line(e))  # as train.py: the message, no traceback
+        sys.exit(1)
+
+
+def one_line(e: BaseException) -> str:
+    """The error and its cause (Hydra wraps the reason of a bad override), without Hydra's search-path listing."""
+    text = str(e).split("Config search path:")[0]
+    if e.__cause__ is not None and str(e.__cause__) not in text:
+        text += f": {e.__cause__}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def table(overrides: list[str]) -> None:
     os.environ.setdefault("SEGSWEEP_ROOT", str(ROOT))
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf")):
@@ -30,7 +52,6 @@ def main(overrides: list[str]) -> None:
     from segsweep.data.labels import CLASS_NAMES
     from segsweep.run import class_weights_for
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     _, _, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size, typed.trainer.seed,
                                  pin_memory=False)
     weights, counts = class_weights_for(typed, sets)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError
+from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError, IdAudit, png_size
 from segsweep.data.gta5 import GTA5Segmentation
 from segsweep.data.transforms import EvalTransform, TrainTransform
 
@@ -93,7 +93,7 @@ def test_fingerprint(tmp_path):
     before = a.fingerprint()
     assert before == b.fingerprint() and len(before) >= 8
     assert CityscapesSegmentation(tmp_path, "train", resize=[2, 2]).fingerprint() != before
-    Image.fromarray(np.full((5, 4), 7, np.uint8)).save(a.label_paths[0])  # a changed label file
+    Image.fromarray(np.full((3, 4), 8, np.uint8)).save(a.label_paths[0])  # a changed label file
     assert CityscapesSegmentation(tmp_path, "train").fingerprint() != before
 
 
@@ -127,11 +127,44 @@ def test_missing_label_is_found_at_construction(tmp_path):
     _raises(tmp_path / "g" / "labels" / "00002.png", GTA5Segmentation, tmp_path / "g")
 
 
+def test_size_mismatches_are_listed_at_construction(tmp_path):
+    """Sizes come from the PNG headers when the dataset is built: every mismatched pair is listed at once."""
+    _cityscapes(tmp_path, n=3)
+    bad = [tmp_path / "leftImg8bit" / "train" / "oz" / f"oz_00000{i}_000019_leftImg8bit.png" for i in (0, 2)]
+    for img in bad:
+        Image.fromarray(_rgb(4, 4)).save(img)
+    with pytest.raises(DatasetError) as e:
+        CityscapesSegmentation(tmp_path, "train")
+    msg = str(e.value)
+    assert "2 of 3 image/label pairs" in msg and all(str(img) in msg for img in bad)
+    assert "4x4 vs" in msg and "data.skip_mismatched" in msg
+    assert "oz_000001" not in msg
+    ds = CityscapesSegmentation(tmp_path, "train", skip_mismatched=True)
+    assert [p.name for p in ds.image_paths] == ["oz_000001_000019_leftImg8bit.png"]
+    assert [p.name for p in ds.label_paths] == ["oz_000001_000019_gtFine_labelIds.png"]
+    assert ds[0]["label"].tolist() == TRAIN_IDS.tolist()
+    # GTA5: a label a few pixels off, as in the full release
+    _gta5(tmp_path / "g", IDS, n=2)
+    Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "g" / "labels" / "00002.png")
+    _raises(tmp_path / "g" / "images" / "00002.png", GTA5Segmentation, tmp_path / "g")
+    assert len(GTA5Segmentation(tmp_path / "g", skip_mismatched=True)) == 1
+
+
+def test_png_size_reads_the_header_only(tmp_path):
+    Image.fromarray(_rgb(7, 11)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(data[:40])  # header intact, pixels gone
+    assert png_size(tmp_path / "a.png") == png_size(tmp_path / "b.png") == (7, 11)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    _raises(tmp_path / "c.png", png_size, tmp_path / "c.png")
+
+
 def test_size_mismatch_when_loaded(tmp_path):
+    """Second line of defence (a file replaced after the dataset was built)."""
     _cityscapes(tmp_path)
+    ds = CityscapesSegmentation(tmp_path, "train")
     img = tmp_path / "leftImg8bit" / "train" / "oz" / "oz_000001_000019_leftImg8bit.png"
     Image.fromarray(_rgb(4, 4)).save(img)
-    ds = CityscapesSegmentation(tmp_path, "train")  # construction does not open files
     ds[0]
     _raises(img, ds.__getitem__, 1)
 
@@ -146,21 +179,39 @@ def test_corrupt_files(tmp_path):
     _raises(ds.image_paths[1], ds.__getitem__, 1)
 
 
-def test_bad_label_values(tmp_path):
-    bad_ids = IDS.copy()
-    bad_ids[0, 0] = 40  # not a Cityscapes id
-    _cityscapes(tmp_path / "a", ids=bad_ids)
-    ds = CityscapesSegmentation(tmp_path / "a", "train")
-    with pytest.raises(DatasetError, match=r"\[40\]") as e:
-        ds.load_label(0)
-    assert str(ds.label_paths[0]) in str(e.value)
+def test_ids_outside_the_table_are_ignored_and_counted(tmp_path):
+    """GTA5 ships 35 palette entries (index 34: licence plate); any id >= 34 maps to 255 and is counted."""
+    ids = IDS.copy()
+    ids[0, 0], ids[2, 3] = 34, 34  # licence plate, replacing road (7 -> 0) and train (31 -> 16)
+    _gta5(tmp_path / "g", ids, n=2)
+    plain = IDS.copy()
+    plain[1, 1] = 200  # any other non-id too
+    _cityscapes(tmp_path / "c", ids=plain, n=3)
+    expected = TRAIN_IDS.copy()
+    expected[0, 0] = expected[2, 3] = 255
+    g = GTA5Segmentation(tmp_path / "g")
+    assert g[0]["label"].tolist() == expected.tolist()
+    audit = IdAudit()
+    assert g.load_label(1, audit).tolist() == expected.tolist()
+    g.load_label(0, audit)
+    assert (audit.pixels, audit.files, audit.read, audit.values) == (4, 2, 2, {34})
+    line = audit.describe("synthetic labels")
+    assert line.startswith("synthetic labels: 4 pixels in 2 of 2 label files hold values [34]") and "licence" in line
+    c, audit = CityscapesSegmentation(tmp_path / "c", "train"), IdAudit()
+    for i in range(3):
+        assert c.load_label(i, audit)[1, 1] == 255
+    assert (audit.pixels, audit.files, audit.read, audit.values) == (3, 3, 3, {200})
+    assert IdAudit().describe("x") is None
+
+
+def test_bad_train_id_values(tmp_path):
     bad_train = np.zeros(IDS.shape, np.uint8)
     bad_train[1, 1] = 19  # trainIds must be 0..18 or 255
     _cityscapes(tmp_path / "b", train_ids=bad_train)
     ds = CityscapesSegmentation(tmp_path / "b", "train")
+    with pytest.raises(DatasetError, match=r"\[19\]"):
+        ds.load_label(0)
     _raises(ds.label_paths[0], ds.__getitem__, 0)
-    _gta5(tmp_path / "c", bad_ids)
-    _raises(tmp_path / "c" / "labels" / "00001.png", GTA5Segmentation(tmp_path / "c").load_label, 0)
 
 
 def test_gta5_rgb_label_is_refused(tmp_path):

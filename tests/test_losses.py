@@ -328,6 +328,47 @@ def test_bad_arguments_raise():
         criterion(dice_pooling="class")
 
 
+@pytest.mark.parametrize("weight,match", [
+    ([1.0] * (C - 1), "vector of 5 numbers"), ([[1.0] * C], "vector of 5 numbers"),
+    ([1.0, -0.5, 1.0, 1.0, 1.0], "-0.5 for class 1"), ([1.0, 1.0, float("nan"), 1.0, 1.0], "nan for class 2"),
+    ([1.0, 1.0, 1.0, float("inf"), 1.0], "inf for class 3"), ([0.0] * C, "every weight is 0")])
+def test_bad_class_weights_are_refused_at_construction(weight, match):
+    with pytest.raises(ValueError, match=match):
+        SegmentationCriterion(ce_weight=0.6, dice_weight=0.4, class_weight=torch.tensor(weight), num_classes=C)
+
+
+@pytest.mark.parametrize("pooling", ["image", "batch"])
+def test_pixels_of_zero_weight_classes_count_as_unlabelled_in_every_term(pooling):
+    """The rule: a class of weight 0 is not trained on. Its pixels are ignored by CE and Dice alike, and a sample
+    whose labelled pixels all have weight 0 has no valid pixel: out of N for every term, absent from the monitors.
+    Reference: the same batch with those pixels relabelled 255, and the plain (positive) weights."""
+    logits, target = make_batch(seed=4, dtype=torch.float32)
+    cw = [0.5, 2.0, 0.0, 1.5, 0.7]  # class 2 not trained on
+    target[0] = torch.where(target[0] == IGNORE, IGNORE, 2)  # sample 0: only class-2 pixels
+    crit = criterion(class_weight=torch.tensor(cw), dice_pooling=pooling, num_classes=C)
+    out = run(crit, logits, target, MIXED)
+    masked = torch.where(target == 2, IGNORE, target)
+    st = ref_stats(logits, masked)
+    ce_L, ce_v = ref_ce(st, cw)
+    assert not ce_v[0]
+    assert out.terms["ce"].item() == pytest.approx(ref_reduce(ce_L, ce_v, MIXED["sw"], "mean"), rel=1e-5)
+    assert out.term_parts["ce"][1].item() == sum(ce_v)  # N: samples with a pixel of positive weight
+    if pooling == "image":
+        dice_L, dice_v = ref_dice(st, cw, 1.0, False)
+        assert list(dice_v) == list(ce_v)  # one N for both terms
+        assert out.terms["dice"].item() == pytest.approx(ref_reduce(dice_L, dice_v, MIXED["sw"], "mean"), rel=1e-5)
+        assert out.term_parts["dice"][1].item() == sum(dice_v)
+        s, n = out.monitors["dice_real"]  # sample 0 is real: left out of the real monitor
+        ref_s, ref_n = ref_monitor(dice_L, dice_v, MIXED["domain"], REAL)
+        assert n.item() == ref_n and s.item() == pytest.approx(ref_s, rel=1e-5)
+    else:
+        valid = [st["Y"][i].sum() > 0 for i in range(len(MIXED["sw"]))]
+        mean_w = sum(w for w, ok in zip(MIXED["sw"], valid) if ok) / sum(valid)
+        ref = ref_pooled(st, cw, 1.0, False, MIXED["sw"]) * mean_w
+        assert out.terms["dice"].item() == pytest.approx(ref, rel=1e-5)
+    assert crit.target_map is not None and criterion().target_map is None  # remapping only with a zero weight
+
+
 # ---------------------------------------------------------------- gradients
 
 def torch_reference_total(x, target, sw, domain, cw, *, ce_weight, dice_weight, smooth, squared, pooling,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_dilation
 
 from segsweep.config import ToyCityConfig
 from segsweep.data import toycity
@@ -71,6 +72,30 @@ def test_file_layouts(tmp_path):
         assert pal[3 * 7: 3 * 7 + 3] == [128, 64, 128]  # index 7 (road) has the Cityscapes road colour
         assert pal[3 * 23: 3 * 23 + 3] == [70, 130, 180]  # index 23 (sky)
         assert {7, 23} <= set(np.unique(np.asarray(lb)).tolist())  # indices are label ids
+        assert len(pal) == 3 * 35 and pal[-3:] == [0, 0, 142]  # as GTA5 ships: 35 entries, 34 = licence plate
+
+
+def test_synthetic_cars_carry_licence_plates(medium):
+    """Index 34 inside cars of the GTA5-layout labels (as in about a quarter of the real files), never in the
+    Cityscapes-layout ones; loaded, those pixels are ignored (255)."""
+    from segsweep.data.gta5 import GTA5Segmentation
+
+    gta = medium / "gta5" / "labels"
+    with_plate = 0
+    for path in sorted(gta.iterdir()):
+        ids = np.asarray(Image.open(path))
+        plate = ids == 34
+        if plate.any():
+            with_plate += 1
+            ring = binary_dilation(plate) & ~plate
+            assert (ids[ring] == 26).any(), f"{path}: a plate sits on a car"  # id 26: car
+    assert with_plate >= len(list(gta.iterdir())) // 4
+    for path in (medium / "cityscapes" / "gtFine").glob("*/*/*.png"):
+        assert np.asarray(Image.open(path)).max() < 34
+    ds = GTA5Segmentation(medium / "gta5")
+    k = next(i for i, p in enumerate(ds.label_paths) if (np.asarray(Image.open(p)) == 34).any())
+    raw = np.asarray(Image.open(ds.label_paths[k]))
+    assert (ds.load_label(k)[raw == 34] == 255).all()
 
 
 def test_all_classes_present_and_imbalanced(medium):
@@ -113,7 +138,7 @@ def test_domain_gap(medium):
 def test_ensure_generates_once_and_reuses(tmp_path, monkeypatch):
     cs, gta = ensure_toycity(tmp_path, TINY)
     target = cs.parent
-    assert target.parent == tmp_path and target.name.startswith("toycity-v1-")
+    assert target.parent == tmp_path and target.name.startswith("toycity-v2-")
     assert (target / "COMPLETE").is_file() and (target / "meta.json").is_file()
     assert gta == target / "gta5" and (gta / "images" / "00003.png").is_file()
     stamp = (target / "COMPLETE").stat().st_mtime_ns
@@ -163,7 +188,7 @@ def test_concurrent_processes(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     entries = list(cache.iterdir())
-    assert len(entries) == 1 and entries[0].name.startswith("toycity-v1-")  # no temporary copies left over
+    assert len(entries) == 1 and entries[0].name.startswith("toycity-v2-")  # no temporary copies left over
     assert (entries[0] / "COMPLETE").is_file()
     generate(tmp_path / "fresh", TINY)
     published = {k: v for k, v in _files(entries[0]).items() if k not in ("COMPLETE", "meta.json")}

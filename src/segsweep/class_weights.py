@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +28,26 @@ class LabelCounts:
     images: torch.Tensor  # (C,) int64: images containing the class
     pixels_where_present: torch.Tensor  # (C,) int64: valid pixels of the images containing the class
     n_images: int
+    # per counted dataset: {"dataset", "pixels", "files", "read", "values"} of label values that are no
+    # Cityscapes id (ignored as 255), seen while counting; reported once per run
+    unknown_ids: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"pixels": self.pixels.tolist(), "images": self.images.tolist(),
-                "pixels_where_present": self.pixels_where_present.tolist(), "n_images": int(self.n_images)}
+                "pixels_where_present": self.pixels_where_present.tolist(), "n_images": int(self.n_images),
+                "unknown_ids": self.unknown_ids}
 
     @classmethod
     def from_dict(cls, d: dict) -> LabelCounts:
         vec = {k: torch.tensor(d[k], dtype=torch.int64) for k in ("pixels", "images", "pixels_where_present")}
         if len({v.shape for v in vec.values()}) != 1 or vec["pixels"].dim() != 1:
             raise ValueError("LabelCounts: pixels, images and pixels_where_present must be lists of equal length")
-        return cls(**vec, n_images=int(d["n_images"]))
+        return cls(**vec, n_images=int(d["n_images"]), unknown_ids=list(d.get("unknown_ids", [])))
 
     def __add__(self, other: LabelCounts) -> LabelCounts:
         return LabelCounts(self.pixels + other.pixels, self.images + other.images,
-                           self.pixels_where_present + other.pixels_where_present, self.n_images + other.n_images)
+                           self.pixels_where_present + other.pixels_where_present, self.n_images + other.n_images,
+                           self.unknown_ids + other.unknown_ids)
 
 
 def _flat_long(label: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -172,10 +177,11 @@ def class_weights_cached(cache_dir: str | os.PathLike, identity: dict, method: s
     return weights, counts
 
 
-def label_iter(datasets: list, fraction: float, seed: int) -> Iterator[np.ndarray]:
+def label_iter(datasets: list, fraction: float, seed: int, audits: list | None = None) -> Iterator[np.ndarray]:
     """Labels of a seeded random subset of each dataset: max(1, round(fraction * len)) images, in index order.
 
-    Each dataset's subset depends only on (seed, its position in the list), not on the other datasets."""
+    Each dataset's subset depends only on (seed, its position in the list), not on the other datasets.
+    ``audits[k]`` (a ``segsweep.data.cityscapes.IdAudit``) counts dataset k's values that are no Cityscapes id."""
     for k, ds in enumerate(datasets):
         n = len(ds)
         if n == 0:
@@ -183,4 +189,4 @@ def label_iter(datasets: list, fraction: float, seed: int) -> Iterator[np.ndarra
         take = min(n, max(1, round(fraction * n)))
         rng = np.random.default_rng([seed, k])
         for i in np.sort(rng.choice(n, size=take, replace=False)):
-            yield ds.load_label(int(i))
+            yield ds.load_label(int(i), audits[k]) if audits is not None else ds.load_label(int(i))

@@ -128,6 +128,7 @@ class DataConfig:
     crop_size: list[int] = field(default_factory=lambda: [96, 96])  # [H, W] of training crops
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.5])  # random rescale before the crop
     hflip: bool = True
+    skip_mismatched: bool = False  # image/label pairs of different sizes: stop with their list, or leave them out
     num_workers: int = 1
     val_batch_size: int = 8
 

@@ -183,6 +183,22 @@ def per_sample_dice(logits: torch.Tensor, target: torch.Tensor, class_weight: to
     return dice_from_stats(stats, class_weight, smooth)
 
 
+def check_class_weight(class_weight: torch.Tensor, num_classes: int | None = None) -> None:
+    """Refuse, before training, class weights the loss cannot use: not a vector (of ``num_classes`` entries), a
+    negative or non-finite entry, or all zero. (One host read, at construction.)"""
+    w = class_weight.detach().double().cpu()
+    n = num_classes if num_classes is not None else w.numel()
+    if w.dim() != 1 or w.numel() != n:
+        raise ValueError(f"class weights: expected a vector of {n} numbers (one per class), got shape "
+                         f"{tuple(w.shape)}")
+    bad = (~torch.isfinite(w)) | (w < 0)
+    if bad.any():
+        k = int(bad.nonzero()[0])
+        raise ValueError(f"class weights: expected finite numbers >= 0, got {w[k].item()} for class {k}")
+    if not (w > 0).any():
+        raise ValueError("class weights: every weight is 0; at least one class must have a positive weight")
+
+
 class SegmentationCriterion(torch.nn.Module):
     """Weighted CE + soft Dice on the main head and every auxiliary head, with per-sample weights and monitors.
 
@@ -195,8 +211,10 @@ class SegmentationCriterion(torch.nn.Module):
     def __init__(self, *, ce_weight: float, dice_weight: float, aux_weight: float = 0.4,
                  class_weight: torch.Tensor | None = None, smooth: float = 1.0, squared_denominator: bool = False,
                  dice_pooling: str = "image", reduction: str = "mean", ignore_index: int = 255,
-                 num_aux: int = 0) -> None:
+                 num_aux: int = 0, num_classes: int | None = None) -> None:
         super().__init__()
+        if class_weight is not None:
+            check_class_weight(class_weight, num_classes)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
         if dice_pooling not in POOLINGS:
@@ -214,13 +232,24 @@ class SegmentationCriterion(torch.nn.Module):
         # not persistent: the weights come from the data (and their cache), not from a checkpoint
         cw = None if class_weight is None else class_weight.detach().float().clone()
         self.register_buffer("class_weight", cw, persistent=False)
+        # A class of weight 0 is not trained on: its pixels count as unlabelled in every term (one rule for CE,
+        # whose weight already drops them, and Dice, which would otherwise still see them), so a sample whose
+        # labelled pixels all have weight 0 has no valid pixel and is left out of N. One gather per pixel, and
+        # only when some weight is 0.
+        remap = None
+        if cw is not None and bool((cw == 0).any()):
+            if not 0 <= ignore_index:
+                raise ValueError(f"ignore_index must be >= 0 with zero class weights, got {ignore_index}")
+            remap = torch.arange(max(cw.numel(), ignore_index + 1))
+            remap[: cw.numel()][cw.cpu() == 0] = ignore_index
+        self.register_buffer("target_map", remap, persistent=False)
 
     @classmethod
-    def from_config(cls, loss: LossConfig, mix: DatasetMixConfig,
-                    class_weight: torch.Tensor | None) -> SegmentationCriterion:
+    def from_config(cls, loss: LossConfig, mix: DatasetMixConfig, class_weight: torch.Tensor | None,
+                    num_classes: int | None = None) -> SegmentationCriterion:
         return cls(ce_weight=loss.ce_weight, dice_weight=loss.dice_weight, aux_weight=loss.aux_weight,
                    class_weight=class_weight, smooth=loss.smooth, squared_denominator=loss.squared_denominator,
-                   dice_pooling=loss.dice_pooling, reduction=mix.reduction)
+                   dice_pooling=loss.dice_pooling, reduction=mix.reduction, num_classes=num_classes)
 
     def _head_weights(self, suffix: str, factor: float) -> dict[str, float]:
         terms = {f"ce{suffix}": factor * self.ce_weight, f"dice{suffix}": factor * self.dice_weight}
@@ -246,6 +275,8 @@ class SegmentationCriterion(torch.nn.Module):
                 sample_weight: torch.Tensor, domain: torch.Tensor) -> LossOutput:
         heads = [outputs["out"], *(outputs.get("aux") or [])]
         self.num_aux = len(heads) - 1
+        if self.target_map is not None:
+            target = self.target_map[target]
         weights = self.weight_dict
         terms: dict[str, torch.Tensor] = {}
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from segsweep.class_weights import LabelCounts, class_weights_cached, count_labels, format_table, label_iter
 from segsweep.config import Config, validate
-from segsweep.data.build import build_train_val
+from segsweep.data.build import build_train_val, stop_workers
+from segsweep.data.cityscapes import IdAudit
 from segsweep.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, RARE_CLASSES
 from segsweep.engine.checkpoint import load, restore, save_atomic, training_state
 from segsweep.engine.distributed import World, close_world, from_rank0, init_world
@@ -58,15 +60,26 @@ def class_weights_for(cfg: Config, sets: dict) -> tuple[torch.Tensor, LabelCount
     w = cfg.weighting
     trained = {"real": sets["real_train"] if cfg.dataset_mix.real_ratio > 0 else None,
                "synthetic": sets.get("synthetic") if cfg.dataset_mix.real_ratio < 1 else None}
-    names = ["real", "synthetic"] if w.source == "both" else [w.source]
-    datasets = [trained[n] for n in names if trained[n] is not None]
-    # "formula" changes whenever compute_class_weights changes, so that old cache files are not reused.
+    names = [n for n in (["real", "synthetic"] if w.source == "both" else [w.source]) if trained[n] is not None]
+    datasets = [trained[n] for n in names]
+    # "formula" changes whenever compute_class_weights or the counts change, so that old cache files are not reused.
     identity = {"datasets": [d.fingerprint() for d in datasets], "source": w.source, "fraction": w.fraction,
-                "seed": w.seed, "num_classes": NUM_CLASSES, "formula": 1}
+                "seed": w.seed, "num_classes": NUM_CLASSES, "formula": 2}
     params = {"beta": w.beta, "count": w.count, "enet_c": w.enet_c}
-    return class_weights_cached(
-        cfg.data.cache_dir, identity, w.method, params,
-        lambda: count_labels(label_iter(datasets, w.fraction, w.seed), NUM_CLASSES, IGNORE_INDEX))
+
+    def count() -> LabelCounts:
+        audits = [IdAudit() for _ in datasets]
+        counts = count_labels(label_iter(datasets, w.fraction, w.seed, audits), NUM_CLASSES, IGNORE_INDEX)
+        counts.unknown_ids = [{"dataset": f"{n} labels ({d.root})", **a.to_dict()}
+                              for n, d, a in zip(names, datasets, audits)]
+        return counts
+
+    weights, counts = class_weights_cached(cfg.data.cache_dir, identity, w.method, params, count)
+    for u in counts.unknown_ids:  # once per dataset and run, from the count or its cache
+        audit = IdAudit(u["pixels"], u["files"], u["read"], set(u["values"]))
+        if line := audit.describe(u["dataset"]):
+            log.info("%s", line)
+    return weights, counts
 
 
 def slurm_tags() -> dict[str, str]:
@@ -137,7 +150,8 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> 
     model = model.to(device)
     if typed.trainer.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    criterion = SegmentationCriterion.from_config(typed.loss, typed.dataset_mix, class_weight.to(device))
+    criterion = SegmentationCriterion.from_config(typed.loss, typed.dataset_mix, class_weight.to(device),
+                                                  NUM_CLASSES)
     optimizer = build_optimizer(model, typed.optim)
     scheduler = build_scheduler(optimizer, typed.trainer.max_iters, typed.optim)
     state = TrainState(model, criterion, optimizer, scheduler)
@@ -190,6 +204,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> 
             trial.failed(e)
         raise
     finally:
+        stop_workers(train_loader, val_loader)  # no loader worker outlives the run, however it ended
         for w in writers[:-1] if mlflow else writers:
             w.close()
         figures = _plots(out_dir, result, list(criterion.weight_dict)) if main else []
@@ -221,6 +236,10 @@ def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | Non
         tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
                      "segsweep.trial": str(typed.study.trial_number)})
         run_name = run_name or f"trial-{typed.study.trial_number}"
+    # Not MLflow's own pick: it draws from Python's `random`, which seed_everything seeded with trainer.seed, so
+    # every run of one seed got the same name. The recipe, and a suffix from the OS's randomness.
+    run_name = run_name or (f"{typed.loss.name}-{typed.weighting.method}-{typed.dataset_mix.name}-"
+                            f"{secrets.token_hex(3)}")
     mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)
     if run_id is None:  # params are immutable: a resumed run keeps those it logged
         mlflow.log_params(effective_params(typed))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,33 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     out = default_collate(batch)
     out["loss_weight"] = out["loss_weight"].float()
     return out
+
+
+def _kill_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing terminates daemonic children with SIGTERM and then joins them without a
+    timeout; loader workers ignore SIGTERM (``ignore_stop_signals``), so a worker still alive then (its iterator
+    kept by a traceback: a pruned trial, a data error) would hold the process forever. Registered after
+    multiprocessing's own exit hook, so it runs first."""
+    for p in multiprocessing.active_children():
+        if p.daemon:
+            p.kill()
+            p.join(timeout=5)
+
+
+def stop_workers(*loaders: DataLoader) -> None:
+    """End the loaders' worker processes now, whatever raised (a data error, pruning, a stop signal): torch would
+    only end them when the iterator is garbage-collected, which a traceback can postpone past interpreter exit.
+    Workers that do not leave within torch's join timeout (they ignore SIGTERM) are killed."""
+    for loader in loaders:
+        it = getattr(loader, "_iterator", None)  # the persistent workers' iterator (torch keeps it there)
+        loader._iterator = None
+        if it is None or not hasattr(it, "_workers"):
+            continue
+        it._shutdown_workers()
+        for w in it._workers:
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=5)
 
 
 def resolve_roots(data: DataConfig) -> tuple[Path, Path]:
@@ -51,9 +80,10 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, se
         if not root.is_dir():
             raise DatasetError(f"config key '{key}': directory {root} does not exist (expected {what})")
     # Every dataset is opened here, so missing directories and labels stop the run before training starts.
-    real_train = CityscapesSegmentation(real_root, data.train_split, data.resize)
-    real_val = CityscapesSegmentation(real_root, data.val_split, data.resize)
-    synthetic = GTA5Segmentation(synthetic_root, data.resize) if mix.real_ratio < 1 else None
+    skip = data.skip_mismatched
+    real_train = CityscapesSegmentation(real_root, data.train_split, data.resize, skip)
+    real_val = CityscapesSegmentation(real_root, data.val_split, data.resize, skip)
+    synthetic = GTA5Segmentation(synthetic_root, data.resize, skip) if mix.real_ratio < 1 else None
 
     train_tf = TrainTransform(data.crop_size, data.scale_range, data.hflip)
     parts = [DomainDataset(real_train, REAL, mix.real_loss_weight, train_tf)]
@@ -62,6 +92,9 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, se
     sampler = MixedBatchSampler(len(real_train), len(synthetic) if synthetic is not None else 0, batch_size,
                                 mix.real_ratio, seed, start_batch=start_batch, rank=rank, world_size=world_size)
     workers = data.num_workers
+    if workers > 0:
+        atexit.unregister(_kill_workers_at_exit)  # registered once per process, after multiprocessing's hook
+        atexit.register(_kill_workers_at_exit)
     train_loader = DataLoader(
         SeededConcat(parts), batch_sampler=SeededBatches(sampler), num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,

@@ -1,7 +1,8 @@
 """GTA5-layout loader: ``root/images/*.png`` with ``root/labels/<same name>``.
 
 GTA5 labels are palette PNGs whose *indices* are Cityscapes label ids; they are read as indices (never converted
-to RGB) and mapped to trainIds with the shared lookup table.
+to RGB) and mapped to trainIds with the shared lookup table. The palette has 35 entries: index 34, the licence-plate
+colour (0, 0, 142), is no Cityscapes id and is ignored like every id outside the 19 train classes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from segsweep.data.cityscapes import DatasetError, PairedSegmentation, read_id_l
 
 
 class GTA5Segmentation(PairedSegmentation):
-    def __init__(self, root: str | Path, resize: list[int] | tuple[int, int] | None = None) -> None:
-        super().__init__(resize)
+    def __init__(self, root: str | Path, resize: list[int] | tuple[int, int] | None = None,
+                 skip_mismatched: bool = False) -> None:
+        super().__init__(resize, skip_mismatched)
         self.root = Path(root)
         require_dir(self.root, "GTA5 root")
         img_dir = require_dir(self.root / "images", "GTA5 images")
@@ -26,3 +28,4 @@ class GTA5Segmentation(PairedSegmentation):
             if not label.is_file():
                 raise DatasetError(f"image {img} has no label: expected {label}")
         self._readers = [read_id_label] * len(self.image_paths)
+        self._check_sizes()  # some pairs of the full GTA5 release differ by a few pixels

@@ -78,6 +78,11 @@ ID_PALETTE: list[int] = [0] * 768
 for _lb in LABELS:
     ID_PALETTE[3 * _lb.id: 3 * _lb.id + 3] = list(_lb.color)
 
+# GTA5's label palette as it ships: the 34 Cityscapes ids plus index 34, the licence-plate colour (0, 0, 142).
+# Index 34 is no Cityscapes id: it maps to ignore like every value outside the table.
+GTA5_LICENSE_PLATE = 34
+GTA5_PALETTE: list[int] = ID_PALETTE[: 3 * len(LABELS)] + [0, 0, 142]  # 35 entries
+
 # Small or thin classes, reported together as val/mIoU_rare.
 RARE_CLASSES: tuple[int, ...] = tuple(
     CLASS_NAMES.index(n) for n in ("pole", "traffic light", "traffic sign", "rider", "train", "motorcycle", "bicycle")

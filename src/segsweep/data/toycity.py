@@ -4,6 +4,8 @@ A real set in the Cityscapes layout and a synthetic set in the GTA5 layout, both
 the loaders read them as they read the real datasets. Each label map is drawn first (vectorised rasterisation of
 rectangles, convex polygons and ellipses, far to near), then rendered: synthetic images flat-shaded with sharp edges
 in their own palette, real ones in another palette with per-class texture, noise, blur and uneven lighting.
+Synthetic label files are written as GTA5 ships them: palette PNGs with 35 entries, cars' licence plates labelled
+with index 34 (no Cityscapes id: ignored when loaded).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from scipy.ndimage import gaussian_filter
 
 from segsweep.config import ToyCityConfig
 from segsweep.data.cityscapes import DatasetError
-from segsweep.data.labels import ID_PALETTE, NAME_TO_ID
+from segsweep.data.labels import GTA5_LICENSE_PLATE, GTA5_PALETTE, NAME_TO_ID
 
-GENERATOR_VERSION = "v1"  # bump when the generator's output changes: the cache directory name carries it
+GENERATOR_VERSION = "v2"  # bump when the generator's output changes: the cache directory name carries it
 MARKER = "COMPLETE"
 TRAIN_CITIES = ("alderton", "brickford", "copperfield")
 VAL_CITIES = ("dunmore", "eastwick")
@@ -42,8 +44,9 @@ VAL_CITIES = ("dunmore", "eastwick")
 class _Canvas:
     """A label map plus an instance map; every shape is a new instance with a class id and a brightness tint."""
 
-    def __init__(self, h: int, w: int) -> None:
+    def __init__(self, h: int, w: int, plates: bool = False) -> None:
         self.h, self.w = h, w
+        self.plates = plates  # label cars' licence plates as GTA5 does (palette index 34)
         self.lab = np.zeros((h, w), np.uint8)
         self.inst = np.zeros((h, w), np.int32)
         self.inst_cls, self.inst_tint = [UNLABELED], [1.0]
@@ -121,6 +124,8 @@ def _car(c: _Canvas, rng: np.random.Generator, base: float, cx: float, s: float)
     c.rect(top + 0.15 * ch, base - 0.64 * ch, cx - 0.3 * cw, cx + 0.3 * cw, CAR, 0.45)  # windows
     for wx in (cx - 0.32 * cw, cx + 0.32 * cw):
         c.ellipse(base - 0.12 * ch, wx, 0.13 * ch, 0.11 * cw, CAR, 0.3)
+    if c.plates:
+        c.rect(base - 0.34 * ch, base - 0.24 * ch, cx - 0.09 * cw, cx + 0.09 * cw, GTA5_LICENSE_PLATE, 1.6)
 
 
 def _boxy(c: _Canvas, rng: np.random.Generator, base: float, cx: float, s: float, cls: int) -> None:
@@ -272,7 +277,7 @@ def _objects(c: _Canvas, rng: np.random.Generator, st: _Street, force_train: boo
 
 def draw_scene(rng: np.random.Generator, h: int, w: int, synthetic: bool, force_train: bool = False) -> _Canvas:
     """Draw one scene's label map (Cityscapes label ids) and instance map."""
-    c = _Canvas(h, w)
+    c = _Canvas(h, w, plates=synthetic)
     st = _Street(h, w, hz=h * rng.uniform(0.38, 0.5), vx=w * rng.uniform(0.35, 0.65),
                  shift=w * rng.uniform(-0.2, 0.2), road=rng.uniform(0.55, 0.9), walk=rng.uniform(0.04, 0.14))
     _background(c, rng, st.hz)
@@ -299,6 +304,7 @@ _COLOURS = {
     RIDER: ((230, 90, 40), (110, 70, 60)), CAR: ((40, 60, 200), (70, 75, 95)), BUS: ((240, 160, 30), (160, 120, 50)),
     TRUCK: ((200, 200, 210), (150, 150, 155)), TRAIN: ((180, 40, 40), (120, 60, 55)),
     MOTO: ((30, 30, 180), (50, 50, 90)), BIKE: ((150, 30, 60), (90, 40, 50)),
+    GTA5_LICENSE_PLATE: ((225, 225, 210), (200, 200, 190)),
 }
 _PALETTES = np.full((2, 256, 3), 128.0, np.float32)  # [synthetic, real]
 for _k, _v in _COLOURS.items():
@@ -363,7 +369,7 @@ def generate(root: Path, cfg: ToyCityConfig) -> None:
                 img_path = root / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
                 label_path = root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
             _save(render(c, rng, synthetic), img_path)
-            _save(c.lab, label_path, ID_PALETTE if synthetic else None)
+            _save(c.lab, label_path, GTA5_PALETTE if synthetic else None)
 
 
 def toycity_dir(cache_dir: str | Path, cfg: ToyCityConfig) -> Path:
