@@ -208,10 +208,30 @@ class MlflowConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """The confirmation stage after a study's search (segsweep.sweep.confirm): the ``top_k`` configurations with
+    the best mean and every ``study.baselines`` entry, each trained again with ``seeds`` fresh seeds."""
+
+    top_k: int = 0  # configurations re-trained after the search (0: no confirmation stage)
+    seeds: int = 3  # fresh seeds per configuration: seed_base, seed_base + 1, ... (never the search's seeds)
+    seed_base: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 0, "study.confirm.top_k", "an integer >= 0", self.top_k)
+        _check(self.seeds >= 1, "study.confirm.seeds", "an integer >= 1", self.seeds)
+
+
+@dataclass
 class StudyConfig:
     """How a trial's job reaches its Optuna trial and its study's MLflow parent run. The sweeper sets every key
     but ``pruner`` on each job's command line; in a single run they stay null and nothing is reported."""
 
+    # Repeats with common random numbers (segsweep.seeds): every configuration is trained with the same seeds
+    # (seed s: same initial weights, batches and augmentations whatever the loss, weighting or synthetic weight).
+    repeats: int = 1  # seeds per trial, trained one after another; the trial's value is their mean
+    seeds: list[int] | None = None  # the search's seeds (the first `repeats` are used); null: trainer.seed + 0, 1, ...
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    baselines: Any = None  # {name: [Hydra overrides]}, e.g. {plain_ce: [loss=ce, weighting=none]} (confirmed too)
     name: str | None = None  # the Optuna study (also the MLflow parent run's name)
     storage: str | None = None  # its storage URL
     trial_id: int | None = None  # the trial this job evaluates
@@ -235,6 +255,9 @@ class Config:
     output_dir: str = "."  # the run directory (Hydra's runtime.output_dir)
 
     def __post_init__(self) -> None:
+        _check(self.study.repeats >= 1, "study.repeats", "an integer >= 1", self.study.repeats)
+        _check(self.study.seeds is None or len(self.study.seeds) >= self.study.repeats, "study.seeds",
+               f"null or a list of at least study.repeats ({self.study.repeats}) seeds", self.study.seeds)
         allowed = ("val/mIoU", "val/pixel_acc", "val/mIoU_rare")
         names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
         _check(len(names) >= 1 and all(n in allowed for n in names), "objective",
