@@ -31,6 +31,7 @@ from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.preemption import StopSignals
 from segsweep.engine.trainer import Preempted, TrainState, train
 from segsweep.losses import SegmentationCriterion
+from segsweep.seeds import run_seeds
 from segsweep.sweep.trial import TrialLink
 from segsweep.tracking import plots
 from segsweep.tracking.mlflow_writer import MlflowWriter, flatten
@@ -109,12 +110,14 @@ def run(cfg: DictConfig) -> float | list[float]:
     typed = validate(cfg)  # every config error surfaces here, before any data is read
     world, device = init_world(resolve_device(typed.trainer.device))  # one process, or a data-parallel rank
     try:
-        return _run(cfg, typed, world, device)
+        return run_seeds(cfg, typed, world, device, _run)  # study.repeats seeds (or a trial's own), each with _run
     finally:
         close_world(world)
 
 
-def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> float | list[float]:
+def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
+         trial: TrialLink | None = None) -> float | list[float]:
+    """One seed's training; ``trial``: the Optuna trial as this seed sees it (segsweep.seeds.SeedLink), on rank 0."""
     main = world.is_main  # rank 0 alone writes files, logs to MLflow and talks to the Optuna trial
     out_dir = Path(from_rank0(typed.output_dir))  # every rank resumes from rank 0's checkpoint
     if main:
@@ -125,7 +128,6 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device) -> 
         torch.set_num_threads(typed.trainer.num_threads)
     seed_everything(typed.trainer.seed)
     model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
-    trial = TrialLink.from_config(typed.study) if main else None  # None outside a sweep
     ckpt_path = out_dir / "checkpoint.pt"
     resumed = load(ckpt_path) if typed.trainer.resume and ckpt_path.exists() else None
     start = resumed["iteration"] if resumed else 0

@@ -1,0 +1,280 @@
+"""Repeats with common random numbers: a job trains its seeds one after another and reports their mean.
+
+Which seeds: a confirmation trial carries its own (the trial's user attr ``seeds``, set when it was enqueued);
+any other job trains the study's search seeds, ``study.seeds[:study.repeats]`` or ``trainer.seed + 0, 1, ...``,
+the same list for every configuration. Seed s fixes the initial weights (``seed_everything`` before the model is
+built), the batch order and every sample's augmentation (``data.mixing``: a function of the seed and the place in
+the batch stream), whatever the loss, the class weighting or the synthetic loss weight; for the same real ratio
+and batch size two configurations trained with seed s see exactly the same batches. Comparisons between
+configurations are therefore paired by seed (``segsweep.stats.paired``).
+
+What the Optuna trial holds (user attrs, all JSON, keyed by the seed as a string):
+``seeds``, ``stage`` (``search`` or ``confirm``), ``seed_values`` (first objective per seed), ``seed_objectives``
+(every objective), ``seed_iou`` (per-class val IoU), ``seed_monitors`` (last logged unweighted real and synthetic
+loss of every term, e.g. ``ce_real``, ``ce_synthetic``), ``seed_runs`` (MLflow run per seed). The trial's value is
+the mean over its seeds. These are the per-seed values ``segsweep.report`` computes everything from.
+
+Pruning: seed j (0-based) reports its intermediate values at step ``j * trainer.max_iters + iteration``, so the
+median pruner compares the same seed index (the same seed) across trials; seed 0 is judged against seed 0 of the
+other trials, and so on. Confirmation trials never report intermediate values and are never pruned.
+
+MLflow: with one seed, the trial's run is the seed's run, as before (tag ``segsweep.seed``). With several, the
+trial's run (``trial-<n>``, child of the study's run) holds the mean ``val/mIoU`` (and its std and 95 % interval),
+the mean per-class IoU, each seed's value as ``val/mIoU_by_seed`` at step = seed, and one child run per seed
+(``trial-<n>-seed-<s>``) with its full curves and artifacts. Each seed trains in ``<run dir>/seed_<s>/``; a seed that
+finished leaves ``seed_result.json`` there, so a requeued job does not train it again (an interrupted seed resumes
+from its own checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segsweep.config import Config, StudyConfig, validate
+from segsweep.engine.distributed import World, from_rank0
+from segsweep.sweep.trial import TrialLink
+
+log = logging.getLogger("segsweep")
+RESULT = "seed_result.json"
+
+
+def search_seeds(study: StudyConfig, trainer_seed: int) -> list[int]:
+    """The search's seeds, the same for every configuration of the study."""
+    if study.seeds is not None:
+        return [int(s) for s in list(study.seeds)[: study.repeats]]
+    return [trainer_seed + i for i in range(study.repeats)]
+
+
+def last_evaluation(path: Path) -> dict[str, float]:
+    """The last record of ``metrics.jsonl`` that holds ``val/mIoU`` (the final evaluation)."""
+    last: dict = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if "val/mIoU" in r:
+                last = r
+    return {k: v for k, v in last.items() if v is not None}
+
+
+def final_monitors(path: Path) -> dict[str, float]:
+    """The last logged value of every split monitor ``train/<term>_real`` / ``train/<term>_synthetic``."""
+    out: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            for k, v in json.loads(line).items():
+                if k.startswith("train/") and k.endswith(("_real", "_synthetic")) and v is not None:
+                    out[k[len("train/"):]] = v
+    return out
+
+
+class SeedLink:
+    """The trial as one seed's training sees it (TrialLink's interface): intermediate values offset by the seed's
+    index, the final values kept for the mean instead of told, pruning and failures passed on to the trial."""
+
+    def __init__(self, link: TrialLink, index: int, max_iters: int, confirm: bool, single: bool) -> None:
+        self.link, self.index, self.max_iters, self.confirm, self.single = link, index, max_iters, confirm, single
+        self.values: list[float] | None = None
+        self.attrs: dict[str, str] = {}
+
+    def set_attrs(self, **attrs: str) -> None:
+        self.attrs.update(attrs)
+        if not self.single:  # the trial's output_dir and mlflow_run_id are the job's, not one seed's
+            attrs = {k: v for k, v in attrs.items() if k not in ("output_dir", "mlflow_run_id")}
+        if attrs:
+            self.link.set_attrs(**attrs)
+
+    def report(self, step: int, value: float) -> None:
+        if not self.confirm:
+            self.link.report(self.index * self.max_iters + step, value)
+
+    def complete(self, values) -> None:
+        self.values = [float(v) for v in values]
+
+    def pruned(self) -> None:
+        self.link.pruned()
+
+    def failed(self, error: BaseException) -> None:
+        self.link.failed(error)
+
+
+def _with(cfg: DictConfig, **updates) -> DictConfig:
+    out = copy.deepcopy(cfg)
+    for key, value in updates.items():
+        OmegaConf.update(out, key.replace("__", "."), value, merge=False)
+    return out
+
+
+class _Record:
+    """Per-seed results, in the trial's user attrs and (several seeds) on the job's MLflow run."""
+
+    def __init__(self, link: TrialLink | None, seeds: list[int], stage: str) -> None:
+        self.link, self.seeds = link, seeds
+        self.values: dict[str, float] = {}
+        self.objectives: dict[str, list[float]] = {}
+        self.iou: dict[str, dict[str, float]] = {}
+        self.monitors: dict[str, dict[str, float]] = {}
+        self.runs: dict[str, str] = {}
+        if link is not None:
+            link.set_attrs(stage=stage, seeds=list(seeds))
+
+    def add(self, seed: int, result: dict) -> None:
+        key = str(seed)
+        self.objectives[key] = result["values"]
+        self.values[key] = result["values"][0]
+        self.iou[key] = result["iou"]
+        self.monitors[key] = result["monitors"]
+        if result.get("mlflow_run_id"):
+            self.runs[key] = result["mlflow_run_id"]
+        if self.link is not None:
+            self.link.set_attrs(seed_values=self.values, seed_objectives=self.objectives, seed_iou=self.iou,
+                                seed_monitors=self.monitors, seed_runs=self.runs)
+
+    def means(self) -> list[float]:
+        rows = [self.objectives[str(s)] for s in self.seeds]
+        return [sum(col) / len(col) for col in zip(*rows)]
+
+
+def _seed_result(out_dir: Path, values: list[float], run_id: str | None) -> dict:
+    ev = last_evaluation(out_dir / "metrics.jsonl")
+    return {"values": values, "iou": {k[len("val/IoU/"):]: v for k, v in ev.items() if k.startswith("val/IoU/")},
+            "monitors": final_monitors(out_dir / "metrics.jsonl"), "mlflow_run_id": run_id}
+
+
+RunOne = Callable[..., "float | list[float]"]
+
+
+def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device, run_one: RunOne):
+    """Train the job's seeds with ``run_one(cfg, typed, world, device, trial)`` (``segsweep.run._run``), record
+    each seed's result in the trial, tell the trial the mean, and return it (a float, or a list per objective)."""
+    link = TrialLink.from_config(typed.study) if world.is_main else None  # None outside a sweep
+    attrs = link.trial.user_attrs if link is not None else {}
+    stage = attrs.get("stage", "search")
+    seeds = from_rank0([int(s) for s in attrs["seeds"]] if attrs.get("seeds") else
+                       search_seeds(typed.study, typed.trainer.seed))
+    record = _Record(link, seeds, stage)
+    max_iters = typed.trainer.max_iters
+    single = len(seeds) == 1
+    if single:
+        seed = seeds[0]
+        if seed != typed.trainer.seed:  # e.g. a confirmation trial's fresh seed
+            cfg = _with(cfg, trainer__seed=seed)
+            typed = validate(cfg)
+        sl = SeedLink(link, 0, max_iters, stage == "confirm", single=True) if link is not None else None
+        out = run_one(cfg, typed, world, device, sl)
+        if link is not None:
+            out_dir = Path(typed.output_dir)
+            record.add(seed, _seed_result(out_dir, sl.values, sl.attrs.get("mlflow_run_id")))
+            link.complete(record.means())
+        return out
+
+    base = Path(from_rank0(typed.output_dir))
+    parent = _JobRun(typed, base, seeds, stage) if world.is_main and typed.mlflow.enabled else None
+    if link is not None:
+        link.set_attrs(output_dir=str(base.resolve()), **({"mlflow_run_id": parent.run_id} if parent else {}))
+    status = "FAILED"
+    try:
+        for j, seed in enumerate(seeds):
+            seed_dir = base / f"seed_{seed}"
+            done = from_rank0((seed_dir / RESULT).exists())
+            if done:
+                log.info("seed %d already trained (%s)", seed, seed_dir / RESULT)
+                if world.is_main:
+                    result = json.loads((seed_dir / RESULT).read_text())
+                    record.add(seed, result)
+                continue
+            updates = {"trainer__seed": seed, "output_dir": str(seed_dir)}
+            if parent is not None:
+                updates.update(study__parent_run_id=parent.run_id, mlflow__run_name=f"{parent.name}-seed-{seed}")
+            dead = getattr(typed.study, "resume_from", None)  # a retried trial (segsweep.sweep's heartbeats):
+            if dead:  # this seed's checkpoint in the dead job's directory
+                ckpt = Path(dead).parent / f"seed_{seed}" / "checkpoint.pt"
+                updates["study__resume_from"] = str(ckpt) if ckpt.exists() else None
+            cfg_s = _with(cfg, **updates)
+            sl = SeedLink(link, j, max_iters, stage == "confirm", single=False) if link is not None else None
+            log.info("seed %d (%d of %d) in %s", seed, j + 1, len(seeds), seed_dir)
+            out = run_one(cfg_s, validate(cfg_s), world, device, sl)
+            if world.is_main:
+                values = sl.values if sl is not None else ([out] if isinstance(out, float) else list(out))
+                result = _seed_result(seed_dir, values, sl.attrs.get("mlflow_run_id") if sl else None)
+                tmp = seed_dir / (RESULT + ".tmp")
+                tmp.write_text(json.dumps(result))
+                os.replace(tmp, seed_dir / RESULT)
+                record.add(seed, result)
+            if parent is not None:
+                parent.seed_done(seed, record)
+        status = "FINISHED"
+    except BaseException as e:
+        import optuna
+
+        from segsweep.engine.trainer import Preempted
+
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, optuna.TrialPruned, Preempted)) else "FAILED"
+        if parent is not None and isinstance(e, optuna.TrialPruned):
+            parent.writer.set_tags({"segsweep.trial_state": "PRUNED"})
+        raise
+    finally:
+        if parent is not None:
+            parent.close(status)
+    means = from_rank0(record.means() if world.is_main else None)
+    if link is not None:
+        link.complete(means)
+    return means[0] if isinstance(typed.objective, str) else means
+
+
+class _JobRun:
+    """The MLflow run of a job with several seeds: the seeds' runs are its children (reopened on a requeue)."""
+
+    def __init__(self, typed: Config, base: Path, seeds: list[int], stage: str) -> None:
+        from segsweep.run import effective_params, slurm_tags
+        from segsweep.tracking.mlflow_writer import MlflowWriter
+
+        base.mkdir(parents=True, exist_ok=True)
+        id_file = base / "mlflow_job_run_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        study = typed.study
+        name = typed.mlflow.run_name or (f"trial-{study.trial_number}" if study.parent_run_id else
+                                         f"{typed.loss.name}-{typed.weighting.method}-{typed.dataset_mix.name}-"
+                                         f"{secrets.token_hex(3)}")
+        self.name = name
+        tags = {"segsweep.output_dir": str(base.resolve()), "segsweep.seeds": ",".join(map(str, seeds)),
+                "segsweep.stage": stage, **slurm_tags()}
+        if study.parent_run_id:
+            tags.update({"mlflow.parentRunId": study.parent_run_id, "segsweep.study": str(study.name),
+                         "segsweep.trial": str(study.trial_number)})
+        self.writer = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, name, tags, run_id)
+        self.run_id = self.writer.run_id
+        if run_id is None:
+            params = effective_params(typed)
+            params["trainer.seed"] = ",".join(map(str, seeds))
+            self.writer.log_params(params)
+            tmp = id_file.with_name(id_file.name + ".tmp")
+            tmp.write_text(self.run_id)
+            os.replace(tmp, id_file)
+
+    def seed_done(self, seed: int, record: _Record) -> None:
+        from segsweep import stats
+
+        self.writer.write(seed, {"val/mIoU_by_seed": record.values[str(seed)]})
+        done = [record.values[k] for k in record.values]
+        s = stats.summarize(done)
+        metrics = {"val/mIoU": s.mean, "n_seeds": float(s.n)}
+        if s.n >= 2:
+            metrics.update({"val/mIoU_std": s.std, "val/mIoU_ci95": s.half_width})
+        classes = {c for iou in record.iou.values() for c in iou}
+        for c in sorted(classes):
+            v = [iou[c] for iou in record.iou.values() if c in iou]
+            metrics[f"val/IoU/{c}"] = sum(v) / len(v)
+        self.writer.write(len(done), {k: v for k, v in metrics.items() if math.isfinite(v)})
+
+    def close(self, status: str) -> None:
+        self.writer.close(status)
