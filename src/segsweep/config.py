@@ -238,6 +238,24 @@ class StudyConfig:
     trial_number: int | None = None  # its number in the study (names the job directory and the MLflow run)
     parent_run_id: str | None = None  # the study's MLflow run; this job's run is its child
     pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 1}; null: no pruning
+    # Self-healing studies (segsweep.sweep): the job beats its trial in the study's storage every
+    # heartbeat_interval s; a RUNNING trial silent for grace_period s is failed ("stale heartbeat") and run again
+    # (at most max_retries times), from its last checkpoint when it left one (resume_from, set by the sweeper).
+    heartbeat_interval: int | None = 10  # null: no heartbeats (a dead job is then noticed by its launcher only)
+    grace_period: int = 60
+    max_retries: int = 1
+    resume_from: str | None = None  # a dead trial's checkpoint.pt: weights and iteration, not its MLflow run
+    enqueue: Any = None  # hand-picked points run first, e.g. [{loss.ce_weight: 0.6, weighting: sqrt_inv_freq}]
+    budget_wall_min: float | None = None  # ask no new trial once the study has run this long (minutes)
+    budget_slot_hours: float | None = None  # ... or once its trials have used this many slot-hours
+    lockstep: bool = False  # true: the old loop (a batch of n_jobs, the next when all ended), for comparison
+
+    def __post_init__(self) -> None:
+        _check(self.heartbeat_interval is None or self.heartbeat_interval > 0, "study.heartbeat_interval",
+               "a positive number of seconds or null", self.heartbeat_interval)
+        _check(self.heartbeat_interval is None or self.grace_period > self.heartbeat_interval,
+               "study.grace_period", "more seconds than study.heartbeat_interval", self.grace_period)
+        _check(self.max_retries >= 0, "study.max_retries", "an integer >= 0", self.max_retries)
 
 
 @dataclass

@@ -129,7 +129,13 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     seed_everything(typed.trainer.seed)
     model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
     ckpt_path = out_dir / "checkpoint.pt"
-    resumed = load(ckpt_path) if typed.trainer.resume and ckpt_path.exists() else None
+    # A retried trial (study.resume_from, set by the sweeper) starts from its dead predecessor's checkpoint, with
+    # that run's metrics.jsonl up to it, but in a new MLflow run: the dead run stays closed FAILED.
+    source = ckpt_path if ckpt_path.exists() or not typed.study.resume_from else Path(typed.study.resume_from)
+    resumed = load(source) if typed.trainer.resume and source.exists() else None
+    if resumed and source != ckpt_path and main and not (out_dir / "metrics.jsonl").exists() \
+            and (source.parent / "metrics.jsonl").exists():
+        (out_dir / "metrics.jsonl").write_bytes((source.parent / "metrics.jsonl").read_bytes())
     start = resumed["iteration"] if resumed else 0
 
     try:
@@ -159,7 +165,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     state = TrainState(model, criterion, optimizer, scheduler)
     if resumed:
         restore(state, resumed)
-        log.info("resumed from %s at iteration %d", ckpt_path, start)
+        log.info("resumed from %s at iteration %d", source, start)
 
     writers, mlflow = [], None
     if main:
@@ -167,8 +173,8 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
                    JsonlWriter(out_dir / "metrics.jsonl", resume_from=start if resumed else None),
                    ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar, start)]
         if typed.mlflow.enabled:
-            mlflow = _open_mlflow(typed, out_dir, resolved, resumed.get("mlflow_run_id") if resumed else None,
-                                  world)
+            mlflow = _open_mlflow(typed, out_dir, resolved,
+                                  resumed.get("mlflow_run_id") if resumed and source == ckpt_path else None, world)
             writers.append(mlflow)
         if trial is not None:
             trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))

@@ -52,18 +52,43 @@ class StudyParentRun:
         log_params(client, run.info.run_id, params)
         return cls(client, run.info.run_id)
 
-    def fail_children(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        """Mark the MLflow runs of trials whose job died with its sweep as FAILED (they stay RUNNING otherwise)."""
+    def fail_children(self, trials: list[optuna.trial.FrozenTrial], reason: str) -> None:
+        """Mark the MLflow runs of trials whose job died as FAILED, with the reason (they stay RUNNING otherwise)."""
         for t in trials:
             if run_id := t.user_attrs.get("mlflow_run_id"):
-                retry(lambda run_id=run_id: self.client.set_terminated(run_id, status="FAILED"))
+                try:
+                    retry(lambda run_id=run_id: self.client.set_tag(run_id, "segsweep.fail_reason", reason[:5000]))
+                    retry(lambda run_id=run_id: self.client.set_terminated(run_id, status="FAILED"))
+                except Exception as e:  # the record of the study matters more than the dead run's status
+                    log.warning("could not close the MLflow run of trial %d: %s", t.number, e)
 
-    def summarise(self, study: optuna.Study, sweep_dir: Path) -> None:
-        """Trials table, Optuna's plots, real vs synthetic curves and the best trial, on the parent run."""
+    def link_retries(self, study: optuna.Study) -> None:
+        """Tag each dead trial's run with its retry (``segsweep.retried_by``: run id, ``..._trial``: number) and
+        each retry's run with the run it replaces (``segsweep.retry_of``)."""
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            old = t.user_attrs.get("retry_of")
+            new_run = t.user_attrs.get("mlflow_run_id")
+            if old is None or not new_run or old >= len(trials):
+                continue
+            old_run = trials[old].user_attrs.get("mlflow_run_id")
+            try:
+                if old_run:
+                    self.client.set_tag(old_run, "segsweep.retried_by", new_run)
+                    self.client.set_tag(old_run, "segsweep.retried_by_trial", str(t.number))
+                    self.client.set_tag(new_run, "segsweep.retry_of", old_run)
+                self.client.set_tag(new_run, "segsweep.retry_of_trial", str(old))
+            except Exception as e:
+                log.warning("could not link trial %d to its retry %d: %s", old, t.number, e)
+
+    def summarise(self, study: optuna.Study, sweep_dir: Path, stop_reason: str | None = None) -> None:
+        """Trials table, Optuna's plots, real vs synthetic curves, the best trial and why the study stopped, on the
+        parent run."""
         from segsweep.sweep.summary import write_study_summary
 
         try:
-            write_study_summary(study, self.client, self.run_id, sweep_dir / "study_summary")
+            self.link_retries(study)
+            write_study_summary(study, self.client, self.run_id, sweep_dir / "study_summary", stop_reason=stop_reason)
         except Exception as e:  # a summary must never lose the study itself
             log.warning("could not write the study summary: %s", e)
 

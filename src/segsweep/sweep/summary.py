@@ -46,11 +46,12 @@ def _write_csv(trials: list[FrozenTrial], names: list[str], path: Path) -> Path:
         dur = t.duration.total_seconds() if t.duration is not None else None
         rows.append({"number": t.number, "state": t.state.name, **dict(zip(names, values)),
                      **{k: t.params.get(k) for k in params}, "duration_s": dur,
-                     **{k: t.user_attrs.get(k) for k in ("mlflow_run_id", "output_dir", "fail_reason")}})
+                     **{k: t.user_attrs.get(k) for k in ("mlflow_run_id", "output_dir", "fail_reason", "enqueued",
+                                                         "retry_of")}})
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["number", "state", *names, *params, "duration_s", "mlflow_run_id",
-                                          "output_dir", "fail_reason"])
+                                          "output_dir", "fail_reason", "enqueued", "retry_of"])
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)  # a reader never sees a half-written file
@@ -148,9 +149,10 @@ def _real_vs_synthetic(client: MlflowClient, trials: list[FrozenTrial], names: l
 
 
 def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id: str, out_dir: Path,
-                        monitor_terms: tuple[str, ...] = ("ce", "dice")) -> list[Path]:
+                        monitor_terms: tuple[str, ...] = ("ce", "dice"), stop_reason: str | None = None) -> list[Path]:
     """Write ``trials.csv`` and the plots into ``out_dir``, log them under ``study/`` of the parent run, tag the
-    parent with the best trial (or Pareto front) and counts, tag every complete child ``segsweep.best``;
+    parent with the best trial (or Pareto front), counts and ``stop_reason`` (also in ``stop_reason.txt``: why
+    the study stopped asking), tag every complete child ``segsweep.best``;
     return the written paths. Safe to call again on a resumed study: files and tags are overwritten."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,9 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
 
     paths = [_write_csv(trials, names, out_dir / "trials.csv")]
+    if stop_reason:
+        (out_dir / "stop_reason.txt").write_text(stop_reason + "\n")
+        paths.append(out_dir / "stop_reason.txt")
     paths += _optuna_plots(study, complete, names, out_dir)
     rvs = _real_vs_synthetic(client, trials, names, monitor_terms, out_dir / "real_vs_synthetic.png")
     paths += [rvs] if rvs else []
@@ -167,8 +172,12 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
         client.log_artifact(parent_run_id, str(p), artifact_path=ARTIFACT_PATH)
 
     counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    retried = {t.user_attrs.get("retry_of") for t in trials}
     tags = {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
-            "n_fail": counts[TrialState.FAIL]}
+            "n_fail": counts[TrialState.FAIL], "n_retried": sum(t.number in retried for t in trials),
+            "n_enqueued": sum(bool(t.user_attrs.get("enqueued")) for t in trials)}
+    if stop_reason:
+        tags["stop_reason"] = stop_reason
     best: list[FrozenTrial] = []
     if complete and len(names) == 1:
         best = [study.best_trial]

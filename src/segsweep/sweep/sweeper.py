@@ -4,23 +4,29 @@
 keys (sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, params) while the loop adds
 what the stock one lacks:
 
-- resume: the study is persistent and ``n_trials`` is the study's total, so running the same command again
-  carries on where it stopped; trials left RUNNING by a killed sweep are failed and their parameters re-queued;
+- always full: ``n_jobs`` trials in flight while the study has trials to go; a trial that ends (complete,
+  pruned, failed) frees its slot for the next ask at once (``runner.Slots``); ``n_trials`` is the study's total
+  and trials in flight count, so the same command resumes and never over-asks;
+- self-healing: jobs beat their trial in the storage (``heartbeat``); a trial whose job died without a word is
+  failed ("stale heartbeat") and retried up to ``study.max_retries`` times from its last checkpoint; a restarted
+  sweeper re-attaches (live trials are waited for) and several sweepers can share one study;
 - each job is told its trial (``study.trial_id`` ...), reports intermediate values to the pruner and tells its
-  own final state (COMPLETE, PRUNED or FAIL with its reason); the sweeper fails only trials whose job vanished;
+  own final state; ``study.enqueue`` points run first; a wall-clock or slot-hours budget stops asking;
 - ``max_failure_rate`` is the share of the study's trials allowed to fail before the sweep stops;
 - one MLflow parent run per study, every trial's run its child, and a summary (trials table, Optuna's plots,
-  real vs synthetic curves, best trial) logged on the parent whenever the sweep ends or resumes.
+  real vs synthetic curves, best trial, why the study stopped) logged on the parent whenever the sweep ends.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import functools
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +37,14 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from segsweep.sweep.heartbeat import StaleWatch
 from segsweep.sweep.parent import StudyParentRun
+from segsweep.sweep.runner import Slots
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def _is_interrupted(t: optuna.trial.FrozenTrial) -> bool:
-    return t.state == TrialState.FAIL and "interrupted" in t.user_attrs
 
 
 def tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -51,9 +55,23 @@ def tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
             raise
 
 
+def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of trials that do not count towards ``n_trials``: failed ones evaluated again by a retry (or
+    waiting for one: cut short by a stopped sweep), and surplus asks of concurrent sweepers."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return {t.number for t in trials if t.state == TrialState.FAIL and (
+        t.number in retried or "interrupted" in t.user_attrs or t.user_attrs.get("surplus"))}
+
+
 def n_counted(study: optuna.Study) -> int:
-    """Trials that count towards ``n_trials``: finished ones, except those cut short by a stopped sweep."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not _is_interrupted(t))
+    trials = study.get_trials(deepcopy=False)
+    gone = superseded(trials)
+    return sum(1 for t in trials if t.state in FINISHED and t.number not in gone)
+
+
+def slot_hours(trials: Sequence[FrozenTrial], now: dt.datetime) -> float:
+    return sum(((t.datetime_complete or now) - t.datetime_start).total_seconds()
+               for t in trials if t.datetime_start is not None) / 3600
 
 
 class StudySweeper(Sweeper):
@@ -75,10 +93,20 @@ class StudySweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.opts = OmegaConf.select(config, "study") or OmegaConf.create({})
+
+    def _opt(self, key: str, default: Any = None) -> Any:
+        value = OmegaConf.select(self.opts, key, default=default)
+        return default if value is None else value
 
     def sweep(self, arguments: list[str]) -> None:
+        # the study's params, then the command line's: a key given in both is searched or fixed as the latter says
         space, fixed, fixed_overrides = create_params_from_overrides(
-            [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments))
+            [f"{k}={v}" for k, v in (self.params or {}).items()])
+        cli_space, cli_fixed, cli_overrides = create_params_from_overrides(list(arguments))
+        space = {**{k: v for k, v in space.items() if k not in cli_fixed}, **cli_space}
+        fixed = {**{k: v for k, v in fixed.items() if k not in cli_space}, **cli_fixed}
+        fixed_overrides = [*fixed_overrides, *cli_overrides]
         for name in fixed:
             space.pop(name, None)
         sampler = self.sampler
@@ -89,114 +117,195 @@ class StudySweeper(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or f"sqlite:///{self.sweep_dir.resolve()}/optuna.db"
         directions = self.stock._get_directions()
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
-                                    directions=directions, load_if_exists=True)
-        resumed, stale = self._recover(study)
-        metric_names = OmegaConf.select(self.config, "objective")
-        if len(directions) > 1 and not isinstance(metric_names, str):
-            study.set_metric_names(list(metric_names))
-        parent = StudyParentRun.open(self.config, study, storage, space, fixed, " ".join(sys.argv))
+        with self._lock():  # a second sweeper started at the same moment finds the study and the parent run
+            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
+                                        directions=directions, load_if_exists=True)
+            interval = self._opt("heartbeat_interval")
+            self.watch = StaleWatch(storage, int(interval), int(self._opt("grace_period", 60))) if interval else None
+            resumed, stale = self._recover(study)
+            self._enqueue(study)
+            metric_names = OmegaConf.select(self.config, "objective")
+            if len(directions) > 1 and not isinstance(metric_names, str):
+                study.set_metric_names(list(metric_names))
+            parent = StudyParentRun.open(self.config, study, storage, space, fixed, " ".join(sys.argv))
         log.info("study %r in %s: %d of %d trials done%s; MLflow parent run %s", study.study_name, storage,
                  n_counted(study), self.n_trials, " (resumed)" if resumed else "", parent.run_id)
-        parent.fail_children(stale)
+        parent.fail_children(stale, "interrupted: the sweep stopped while it ran")
         if resumed:
             parent.summarise(study, self.sweep_dir)
 
-        job_idx, status = 0, "FAILED"
+        def overrides(trial: optuna.Trial) -> Sequence[str]:
+            (base,) = self.stock._configure_trials([trial], space, fixed, fixed_overrides)
+            extra = [f"study.name={self.study_name}", f"study.storage='{storage}'", f"study.trial_id={trial._trial_id}",
+                     f"study.trial_number={trial.number}", f"study.parent_run_id={parent.run_id}"]
+            if resume := trial.user_attrs.get("resume_from"):
+                extra.append(f"study.resume_from='{resume}'")
+            return (*base, *extra)
+
+        status, reason = "FAILED", None
         try:
-            while (to_go := self.n_trials - n_counted(study)) > 0:
-                trials = [study.ask() for _ in range(min(self.n_jobs, to_go))]
-                overrides = self._overrides(trials, space, fixed, fixed_overrides, storage, parent.run_id)
-                returns = self._launch(study, trials, overrides, job_idx)
-                job_idx += len(trials)
-                parent.fail_children(self._settle(study, trials, returns))  # their MLflow runs were left RUNNING
-                n_fail = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                             if not _is_interrupted(t))
-                if n_fail > self.max_failure_rate * self.n_trials:
-                    raise RuntimeError(f"{n_fail} of the study's {self.n_trials} trials failed, more than "
-                                       f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows; "
-                                       f"see the trials' fail_reason in {storage}")
+            reason = self._run(study, Slots(self.launcher), parent, overrides)
             status = "FINISHED"
+            if reason.startswith("max_failure_rate"):
+                status = "FAILED"
+                raise RuntimeError(f"{reason}; see the trials' fail_reason in {storage}")
         except KeyboardInterrupt:
-            status = "KILLED"
-            self._fail_running(study, "interrupted: the sweep was stopped")
+            status, reason = "KILLED", "interrupted (Ctrl-C); jobs still running were left to run: the same " \
+                                       "command re-attaches to them"
             raise
         finally:
-            parent.summarise(study, self.sweep_dir)
+            parent.summarise(study, self.sweep_dir, reason or "the sweeper failed")
             parent.close(status)
+        log.info("study stopped: %s", reason)
         self._log_best(study)
 
-    def _recover(self, study: optuna.Study) -> tuple[bool, list[optuna.trial.FrozenTrial]]:
-        """Fail the trials a killed sweep left RUNNING; queue every interrupted trial's parameters again, once.
-        Returns (resuming, the trials found RUNNING)."""
-        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if stale:
-            log.warning("failing %d trial(s) left RUNNING by a stopped sweep", len(stale))
-            self._fail_running(study, "interrupted: the sweep stopped while it ran")
+    def _lock(self):
+        class Lock:
+            def __enter__(s):
+                s.f = open(self.sweep_dir / ".sweeper.lock", "w")  # noqa: SIM115
+                fcntl.flock(s.f, fcntl.LOCK_EX)
+
+            def __exit__(s, *exc):
+                s.f.close()
+        return Lock()
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+
+    def _run(self, study: optuna.Study, slots: Slots, parent: StudyParentRun, overrides) -> str:
+        """Keep the slots full until the study has its trials (or a budget or the failure rate stops it) and no
+        trial of it is still running anywhere; returns why it stopped."""
+        lockstep, last_beat, stop = bool(self._opt("lockstep", False)), 0.0, None
+        while True:
+            if self.watch is not None:
+                for t in self.watch.fail_stale(study):
+                    log.warning("trial %d: stale heartbeat, failed", t.number)
+                    self._lost(study, parent, t)
+                if time.monotonic() - last_beat >= self.watch.interval:  # trials whose job has not started yet
+                    last_beat = time.monotonic()
+                    self.watch.beat(t._trial_id for t in slots.trials.values()
+                                    if "job_state" not in study._storage.get_trial(t._trial_id).user_attrs)
+            self._settle(study, parent, slots.returned(0))
+            trials = study.get_trials(deepcopy=False)
+            gone = superseded(trials)
+            counted = sum(1 for t in trials if t.state in FINISHED and t.number not in gone)
+            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+            stop = stop or self._stopped(trials, gone)
+            to_go = self.n_trials - counted - running
+            n_ask = 0
+            if stop is None and to_go > 0 and not (lockstep and slots.trials):
+                n_ask = 1 if slots.sequential else min(self.n_jobs - slots.busy(trials), to_go)
+            for _ in range(n_ask):
+                self._ask_and_launch(study, slots, overrides)
+            if n_ask > 0:
+                continue  # sequential: it ran to its end; parallel: look again at once
+            if not slots.trials and running == 0 and (stop or to_go <= 0):
+                break
+            self._settle(study, parent, slots.returned(slots.poll_s))
+        slots.drain(lambda returned: self._settle(study, parent, returned), timeout_s=30)
+        return stop or f"n_trials reached: {counted} of {self.n_trials} trials done"
+
+    def _ask_and_launch(self, study: optuna.Study, slots: Slots, overrides) -> None:
+        trial = study.ask()
+        if self.watch is not None:
+            self.watch.beat([trial._trial_id])  # from the ask on: a sweeper dying now leaves a trial that goes stale
+        trials = study.get_trials(deepcopy=False)
+        gone = superseded(trials)
+        before = sum(1 for t in trials if t.number < trial.number and t.number not in gone)
+        if before >= self.n_trials:  # another sweeper asked the last trial at the same moment
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("fail_reason", "surplus: the study had its n_trials (asked by two sweepers at once)")
+            tell_failed(study, trial)
+            return
+        log.info("trial %d launched%s", trial.number, "".join(
+            f" ({k}={trial.user_attrs[k]})" for k in ("enqueued", "retry_of") if k in trial.user_attrs))
+        slots.launch(trial, overrides(trial))
+
+    def _stopped(self, trials: Sequence[FrozenTrial], gone: set[int]) -> str | None:
+        n_fail = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in gone)
+        if n_fail > self.max_failure_rate * self.n_trials:
+            return (f"max_failure_rate exceeded: {n_fail} of the study's {self.n_trials} trials failed, more than "
+                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows")
+        started = [t.datetime_start for t in trials if t.datetime_start is not None]
+        now = dt.datetime.now()
+        wall = self._opt("budget_wall_min")
+        if wall is not None and started and (now - min(started)).total_seconds() / 60 >= wall:
+            return f"budget: wall clock of {wall} min reached (study.budget_wall_min)"
+        hours = self._opt("budget_slot_hours")
+        if hours is not None and slot_hours(trials, now) >= hours:
+            return f"budget: {hours} slot-hours used (study.budget_slot_hours)"
+        return None
+
+    def _settle(self, study: optuna.Study, parent: StudyParentRun, returned) -> None:
+        """Trials whose launch returned: fail (and retry) those whose job ended without telling the study."""
+        for trial, ret in returned:
+            frozen = study._storage.get_trial(trial._trial_id)
+            error = ret if isinstance(ret, BaseException) else getattr(ret, "_return_value", None)
+            if frozen.state == TrialState.RUNNING:  # its job is over (requeues included) and told nothing
+                reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else "no result"
+                trial.set_user_attr("fail_reason", f"the job ended without a result: {reason}"[:2000])
+                tell_failed(study, trial)
+                frozen = study._storage.get_trial(trial._trial_id)
+                self._lost(study, parent, frozen)
+            if frozen.state == TrialState.FAIL:
+                log.warning("trial %d failed: %s", trial.number, frozen.user_attrs.get("fail_reason"))
+            else:
+                log.info("trial %d: %s", trial.number, frozen.state.name)
+
+    def _lost(self, study: optuna.Study, parent: StudyParentRun, dead: FrozenTrial) -> None:
+        """A trial whose job died: close its MLflow run FAILED, and queue its point again (resuming from its
+        checkpoint when it left one) unless it was already retried ``study.max_retries`` times."""
+        parent.fail_children([dead], dead.user_attrs.get("fail_reason", "the job died"))
+        self._retry(study, dead, "retry_count", int(self._opt("max_retries", 1)))
+
+    @staticmethod
+    def _retry(study: optuna.Study, dead: FrozenTrial, counter: str, limit: int) -> None:
+        count = int(dead.user_attrs.get(counter, 0))
+        if count >= limit:
+            log.warning("trial %d not retried: it already is retry %d of %d", dead.number, count, limit)
+            return
+        attrs: dict[str, Any] = {"retry_of": dead.number, counter: count + 1}
+        ckpt = Path(dead.user_attrs.get("output_dir", "/nonexistent")) / "checkpoint.pt"
+        resume = str(ckpt) if ckpt.exists() else dead.user_attrs.get("resume_from")
+        if resume:
+            attrs["resume_from"] = resume
+        log.info("trial %d queued again%s", dead.number, f", from {resume}" if resume else "")
+        study.enqueue_trial(dead.params, user_attrs=attrs, skip_if_exists=False)
+
+    # ---- start ----------------------------------------------------------------------------------------------
+
+    def _enqueue(self, study: optuna.Study) -> None:
+        """``study.enqueue``: hand-picked points, evaluated before the sampler's (once per study)."""
+        points = self._opt("enqueue")
+        if not points:
+            return
+        for point in OmegaConf.to_container(points, resolve=True) if OmegaConf.is_config(points) else points:
+            study.enqueue_trial(dict(point), user_attrs={"enqueued": True}, skip_if_exists=True)
+
+    def _recover(self, study: optuna.Study) -> tuple[bool, list[FrozenTrial]]:
+        """Re-attach to a study: trials left RUNNING are waited for while their heartbeat is fresh (one beat now
+        for those whose job never started: they go stale unless their own sweeper still beats them); without
+        heartbeats they are failed as before. Interrupted trials are queued again once.
+        Returns (resuming, the trials failed here)."""
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        failed: list[FrozenTrial] = []
+        if running and self.watch is not None:
+            log.info("re-attaching to %d running trial(s): %s", len(running), [t.number for t in running])
+            self.watch.beat(t._trial_id for t in running if "job_state" not in t.user_attrs)
+        elif running:
+            log.warning("failing %d trial(s) left RUNNING (no heartbeats to tell whether they live)", len(running))
+            for t in running:
+                trial = optuna.trial.Trial(study, t._trial_id)
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("fail_reason", "interrupted: the sweep stopped while it ran")
+                tell_failed(study, trial)
+            failed = [study._storage.get_trial(t._trial_id) for t in running]
         retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if _is_interrupted(t) and t.number not in retried:
-                log.info("queueing the parameters of interrupted trial %d again", t.number)
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            if "interrupted" in t.user_attrs and t.number not in retried:
+                self._retry(study, t, "interrupt_count", 1_000_000)
         if study.trials and hasattr(self.sampler, "reseed_rng"):
             self.sampler.reseed_rng()  # a resumed seeded sampler would otherwise propose its first points again
-        return bool(study.trials), stale
-
-    @staticmethod
-    def _fail_running(study: optuna.Study, reason: str) -> None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial = optuna.trial.Trial(study, t._trial_id)
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("fail_reason", reason)
-            tell_failed(study, trial)
-
-    def _overrides(self, trials: list[optuna.Trial], space: dict, fixed: dict, fixed_overrides: list[str],
-                   storage: str, parent_run_id: str) -> list[Sequence[str]]:
-        base = self.stock._configure_trials(trials, space, fixed, fixed_overrides)
-        return [(*o, f"study.name={self.study_name}", f"study.storage='{storage}'", f"study.trial_id={t._trial_id}",
-                 f"study.trial_number={t.number}", f"study.parent_run_id={parent_run_id}")
-                for o, t in zip(base, trials)]
-
-    def _launch(self, study: optuna.Study, trials: list[optuna.Trial], overrides: list, job_idx: int) -> list:
-        """The batch's jobs; a job that ended without a result (killed, node failure) comes back as its error.
-
-        The submitit launchers wait for a batch's jobs in turn and raise at the first one that died, which would
-        leave the others unwatched while they still run. On SLURM each trial is therefore launched on its own,
-        side by side. (Not for submitit's local executor: its job folder is created after the job's process
-        starts, a race that concurrent submissions lose.)"""
-        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-
-        def launch(i: int, n: int) -> list:
-            try:
-                return list(self.launcher.launch(overrides[i: i + n], initial_job_idx=job_idx + i))
-            except Exception as e:
-                log.error("trials %s: a job ended without a result: %s", [t.number for t in trials[i: i + n]], e)
-                return [e] * n
-
-        if len(trials) == 1 or not isinstance(self.launcher, SlurmLauncher):
-            return launch(0, len(trials))
-        with ThreadPoolExecutor(len(trials)) as pool:
-            return [r for rs in pool.map(lambda i: launch(i, 1), range(len(trials))) for r in rs]
-
-    @staticmethod
-    def _settle(study: optuna.Study, trials: list[optuna.Trial], returns: list) -> list[optuna.trial.FrozenTrial]:
-        """Fail the trials whose job ended without telling the study (a crash, a killed job); returns them."""
-        failed = []
-        for trial, ret in zip(trials, returns):
-            state = study.get_trials(deepcopy=False)[trial.number].state  # numbers index a study's trials
-            error = ret if isinstance(ret, Exception) else getattr(ret, "_return_value", None)
-            if state == TrialState.RUNNING:
-                reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else "no result"
-                trial.set_user_attr("fail_reason", reason[:2000])
-                tell_failed(study, trial)
-                state = TrialState.FAIL
-                failed.append(study.get_trials(deepcopy=False)[trial.number])
-            if state == TrialState.FAIL:
-                reason = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("fail_reason")
-                log.warning("trial %d failed: %s", trial.number, reason)
-            else:
-                log.info("trial %d: %s", trial.number, state.name)
-        return failed
+        return bool(study.trials), failed
 
     @staticmethod
     def _log_best(study: optuna.Study) -> None:

@@ -1,0 +1,101 @@
+"""The study's slots: ``n_jobs`` trials in flight while the study has trials to go.
+
+Each trial is launched on its own, through the launcher's public ``launch``, from a daemon thread; the loop
+polls the study's storage and frees a trial's slot the moment the trial is finished there (told by its job:
+complete, pruned, failed) or found stale, and fills it with the next ask at once. The in-process basic launcher
+runs trials one at a time in the main thread (signals and Ctrl-C reach the trial as before).
+
+submitit's local executor creates a job's folder (``.../%j``) only after the job's process has started, and a
+process that starts first dies opening its log there, losing the trial: local launches therefore get a folder
+of their own without ``%j`` (``.submitit/trial_<n>``), which the executor creates before starting the process.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+
+def _launcher_for(launcher, number: int):
+    """A copy of a submitit *local* launcher whose jobs of trial ``number`` go to a folder of their own."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+
+    if not isinstance(launcher, LocalLauncher):
+        return launcher
+    folder = Path(str(launcher.params["submitit_folder"]))
+    parts = [p for p in folder.parts if not any(tag in p for tag in ("%j", "%t", "%A", "%a"))]
+    mine = copy.copy(launcher)
+    mine.params = {**launcher.params, "submitit_folder": str(Path(*parts) / f"trial_{number}")}
+    return mine
+
+
+def is_sequential(launcher) -> bool:
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    return isinstance(launcher, BasicLauncher)
+
+
+class Slots:
+    """Trials this sweeper launched and whose jobs have not returned yet."""
+
+    def __init__(self, launcher, poll_s: float = 0.25) -> None:
+        self.launcher, self.poll_s = launcher, poll_s
+        self.sequential = is_sequential(launcher)
+        self.trials: dict[int, optuna.Trial] = {}  # number -> trial, until its launch returns
+        self.done: queue.Queue = queue.Queue()  # (number, JobReturn or exception)
+
+    def launch(self, trial: optuna.Trial, overrides) -> None:
+        self.trials[trial.number] = trial
+
+        def run() -> None:
+            try:
+                ret = list(_launcher_for(self.launcher, trial.number).launch([overrides],
+                                                                           initial_job_idx=trial.number))[0]
+            except BaseException as e:  # a job ended without a result (killed, node failure): its error
+                if not self.sequential:
+                    log.error("trial %d: the job ended without a result: %s", trial.number, e)
+                ret = e
+                if self.sequential and isinstance(e, KeyboardInterrupt):
+                    raise
+            self.done.put((trial.number, ret))
+
+        if self.sequential:
+            run()  # the main thread: signal handlers and Ctrl-C work as in a plain run
+        else:
+            threading.Thread(target=run, name=f"trial-{trial.number}", daemon=True).start()
+
+    def busy(self, study_trials: list[optuna.trial.FrozenTrial]) -> int:
+        """Slots in use: own trials still RUNNING in the storage (a finished one frees its slot at once, even
+        while its process is still exiting)."""
+        running = {t.number for t in study_trials if t.state == TrialState.RUNNING}
+        return sum(1 for n in self.trials if n in running)
+
+    def returned(self, wait_s: float) -> list[tuple[optuna.Trial, object]]:
+        """Launches that returned, waiting up to ``wait_s`` for the first."""
+        out = []
+        try:
+            out.append(self.done.get(timeout=wait_s) if wait_s > 0 else self.done.get_nowait())
+            while True:
+                out.append(self.done.get_nowait())
+        except queue.Empty:
+            pass
+        return [(self.trials.pop(n), ret) for n, ret in out]
+
+    def drain(self, settle: Callable, timeout_s: float) -> None:
+        """Wait (bounded) for the launches still out, e.g. job processes exiting after their trial ended."""
+        deadline = time.monotonic() + timeout_s
+        while self.trials and time.monotonic() < deadline:
+            settle(self.returned(min(1.0, max(0.0, deadline - time.monotonic()))))
+        if self.trials:
+            log.warning("not waiting any longer for the jobs of trials %s (their trials have ended)",
+                        sorted(self.trials))
