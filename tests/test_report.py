@@ -105,7 +105,7 @@ def test_cli_writes_markdown_and_self_contained_html(tmp_path):
     sweep.mkdir(parents=True)
     make_study(f"sqlite:///{sweep}/optuna.db")
     assert main([str(sweep)]) == 0
-    md = (sweep / "study" / "report.md").read_text()
+    md = (sweep / "study_summary" / "report.md").read_text()
     first = next(line for line in md.splitlines() if line.startswith("**best:"))
     assert "(top1)" in first and "over plain_ce" in first
     for heading in ("Confirmed configurations (fresh seeds), ranked by mean", "Search configurations, ranked by mean",
@@ -132,10 +132,10 @@ def test_cli_writes_markdown_and_self_contained_html(tmp_path):
     groups = [TOP1, TOP2, PLAIN, REAL, [0.66, 0.63], [0.65, 0.63], [0.45, 0.47]]
     ss = sum(((np.array(g) - np.mean(g)) ** 2).sum() for g in groups)
     assert f"{math.sqrt(ss / 11):.4f} (11 degrees of freedom)" in md
-    html = (sweep / "study" / "report.html").read_text()
+    html = (sweep / "study_summary" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and 'src="report_' not in html
     assert "<b>best: weighting=sqrt_inv_freq" in html and "<table>" in html
-    assert all((sweep / "study" / img).exists() for img in re.findall(r"\]\((report_[^)]+\.png)\)", md))
+    assert all((sweep / "study_summary" / img).exists() for img in re.findall(r"\]\((report_[^)]+\.png)\)", md))
 
 
 def test_two_studies_side_by_side_from_a_storage_url(tmp_path, capsys):

@@ -121,7 +121,8 @@ def test_single_objective_summary(store, tmp_path):
     assert rows[5]["mlflow_run_id"] == "" and rows[5]["duration_s"] == ""
 
     logged = {Path(a.path).name for a in client.list_artifacts(parent, "study")}
-    assert logged == names
+    assert logged == names | {"report.md", "report.html"}  # the study report (segsweep.report), beside the summary
+    assert "**best: " in (tmp_path / "summary" / "report.md").read_text()
     tags = client.get_run(parent).data.tags
     assert tags["best_trial"] == "1" and float(tags["best_value"]) == pytest.approx(0.55)
     assert tags["best_run_id"] == runs[1]
@@ -183,5 +184,6 @@ def test_multi_objective_summary(store, tmp_path):
     tags = client.get_run(parent).data.tags
     assert tags["n_pareto"] == "2" and tags["pareto_trials"] == "1,2"
     assert "best_trial" not in tags
-    assert {Path(a.path).name for a in client.list_artifacts(parent, "study")} == names
+    assert {Path(a.path).name for a in client.list_artifacts(parent, "study")} == names | {"report.md", "report.html"}
+    assert "Pareto front" in (tmp_path / "report.md").read_text()
     assert [client.get_run(runs[i]).data.tags["segsweep.best"] for i in range(3)] == ["false", "true", "true"]

@@ -4,10 +4,12 @@
     python -m segsweep.report --storage sqlite:///multirun/default/optuna.db --study default [--study other]
 
 writes ``report.md`` and a self-contained ``report.html`` (figures embedded as base64 PNG) into ``--out`` (default:
-``<sweep dir>/study/`` for one study directory, ``./report/`` otherwise). Every number comes from the trials'
-user attrs written by ``segsweep.seeds`` (``seed_values``, ``seed_iou``, ``seed_monitors``) through
-``segsweep.stats``, so anyone with the storage can recompute it. The verdict is drawn from the confirmation
-trials (fresh seeds, ``segsweep.sweep.confirm``) when the study has them, else from the search (and says so).
+``<sweep dir>/study_summary/`` for one study directory, beside the sweep's summary, ``./report/`` otherwise). The
+sweep writes the same files there (``segsweep.sweep.summary``) and logs them as ``study/report.*`` on the parent
+run. Every number comes from the trials' user attrs written by ``segsweep.seeds`` (``seed_values``, ``seed_iou``,
+``seed_monitors``) through ``segsweep.stats``, so anyone with the storage can recompute it. The verdict is drawn
+from the confirmation trials (fresh seeds, ``segsweep.sweep.confirm``) when the study has them, else from the
+search (and says so).
 """
 
 from __future__ import annotations
@@ -410,7 +412,8 @@ def _atomic(path: Path, data: str | bytes) -> Path:
 def write_report(studies: Sequence[optuna.Study], out_dir: Path, summary_dir: Path | None = None,
                  client=None, parent_run_id: str | None = None) -> list[Path]:
     """Write ``report.md``, ``report.html`` (and the md's PNGs) into ``out_dir``; with ``client`` and
-    ``parent_run_id`` also log them under ``study/`` of the study's MLflow parent run. Returns the paths."""
+    ``parent_run_id`` also log report.md and report.html under ``study/`` of the study's MLflow parent run.
+    Returns the paths, report.md and report.html first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = [build(s) for s in studies]
@@ -427,8 +430,8 @@ def write_report(studies: Sequence[optuna.Study], out_dir: Path, summary_dir: Pa
             images[i] = name
     paths.insert(0, _atomic(out_dir / "report.html", to_html(bs, bs[0][1])))
     paths.insert(0, _atomic(out_dir / "report.md", to_markdown(bs, images)))
-    if client is not None and parent_run_id:
-        for p in paths:
+    if client is not None and parent_run_id:  # the html holds the figures; the md's PNGs stay on disk
+        for p in paths[:2]:
             client.log_artifact(parent_run_id, str(p), artifact_path="study")
     return paths
 
@@ -460,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not studies:
         ap.error("give a sweep directory or --storage URL --study NAME")
     one_dir = len(studies) == 1 and len(a.dirs) == 1
-    out = a.out or (a.dirs[0] / "study" if one_dir else Path("report"))
+    out = a.out or (a.dirs[0] / "study_summary" if one_dir else Path("report"))
     summary = a.dirs[0] / "study_summary" if one_dir else None
     paths = write_report(studies, out, summary)
     print(build(studies[0]).answer if len(studies) == 1 else "\n".join(build(s).answer for s in studies))

@@ -198,4 +198,10 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
                 client.set_tag(run_id, BEST_TAG, str(t.number in best_numbers).lower())
             except Exception as e:
                 log.warning("study summary: cannot tag trial %d run %s: %s", t.number, run_id, e)
+    try:  # the study's verdict (segsweep.report): report.md and report.html here and on the parent run
+        from segsweep.report import write_report
+
+        write_report([study], out_dir, out_dir, client, parent_run_id)
+    except Exception as e:  # a report must never fail the study
+        log.warning("study report skipped: %s", e)
     return paths
