@@ -156,7 +156,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     model = model.to(device)
-    if typed.trainer.channels_last and device.type == "cuda":
+    if typed.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = SegmentationCriterion.from_config(typed.loss, typed.dataset_mix, class_weight.to(device),
                                                   NUM_CLASSES)

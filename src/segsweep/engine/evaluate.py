@@ -63,13 +63,18 @@ def confusion_update(confusion: torch.Tensor, pred: torch.Tensor, target: torch.
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-             amp: bool = False, ignore_index: int = 255) -> EvalResult:
+             amp: bool = False, channels_last: bool = False, ignore_index: int = 255) -> EvalResult:
+    """``amp``: bf16 autocast on any device (the CPU too); ``channels_last``: images in that memory format, as the
+    model trained with it expects."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if amp and torch.amp.is_autocast_available(device.type) else contextlib.nullcontext())
     for batch in loader:
         image = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         target = batch["label"].to(device, non_blocking=True)
         with autocast:
             logits = model(image)["out"]

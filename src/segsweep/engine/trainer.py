@@ -1,8 +1,11 @@
 """The iteration-based training loop.
 
-One step: batch to the device (non-blocking) -> forward (bf16 autocast on CUDA) -> criterion (named terms,
-sample-weighted, monitors) -> backward -> optimiser and lr step -> running sums on the device. Only a
-logging step reads numbers back to the host; evaluation runs every ``eval_every`` iterations and at the end.
+One step: batch to the device (non-blocking) -> forward (bf16 autocast with ``amp``) -> criterion (named terms,
+sample-weighted, monitors; always float32) -> backward -> optimiser and lr step -> running sums on the device.
+Only a logging step reads numbers back to the host; evaluation runs every ``eval_every`` iterations and at the
+end. ``amp``, ``channels_last`` and ``compile`` act on every device, the CPU included (CPU autocast runs bf16,
+inductor compiles C++), so each of them runs in the CPU tests; whether they pay off on a CPU is a config choice
+(``conf/trainer/default.yaml``).
 
 Data-parallel (``world.size > 1``): the model is wrapped in DistributedDataParallel, logging steps all-reduce
 the sums, and every decision that ends training (a non-finite loss, a stop request, pruning) is taken by all
@@ -49,6 +52,14 @@ class TrainState:
     iteration: int = 0  # iterations completed
 
 
+def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` (CUDA, and CPU: oneDNN bf16 kernels), or nothing. The loss always leaves it:
+    the criterion computes in float32 whatever the logits' dtype."""
+    if amp and torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if channels_last:
@@ -69,15 +80,17 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
     ``stop_requested()`` is asked at every logging step; when it says yes (on any rank) the run checkpoints and
     raises ``Preempted``. Pass ``on_eval``, ``checkpoint`` and writers on rank 0 only."""
     use_cuda = device.type == "cuda"
-    amp = cfg.amp and use_cuda
-    channels_last = cfg.channels_last and use_cuda
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    amp, channels_last = cfg.amp, cfg.channels_last
+    autocast = autocast_for(device, amp)
     model, criterion, optimizer, scheduler = state.model, state.criterion, state.optimizer, state.scheduler
-    forward = model
+    if channels_last:  # a no-op when the caller already converted it (run.py does, before restoring a checkpoint)
+        model.to(memory_format=torch.channels_last)
+    forward, loss_fn = model, criterion
     if world.distributed:
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if use_cuda else None)
-    forward = torch.compile(forward) if cfg.compile else forward
+    if cfg.compile:  # the model and the loss (its fused autograd Function included) as two compiled graphs
+        forward, loss_fn = torch.compile(forward), torch.compile(criterion)
     storage = MetricAccumulator(device)
     result: EvalResult | None = None
 
@@ -94,7 +107,7 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
 
         with autocast:
             outputs = forward(batch["image"])
-        loss = criterion(outputs, batch["label"], batch["loss_weight"], batch["domain"])
+        loss = loss_fn(outputs, batch["label"], batch["loss_weight"], batch["domain"])
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         optimizer.step()
@@ -114,7 +127,7 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
         if step % cfg.eval_every == 0 or last:
             t_eval = time.perf_counter()
             buffers_from_rank0(model)
-            result = evaluate(model, val_loader, len(class_names), device, amp)
+            result = evaluate(model, val_loader, len(class_names), device, amp, channels_last)
             metrics = result.metrics(class_names, rare_classes)
             emit(step, metrics)
             storage.period_start += time.perf_counter() - t_eval  # step times exclude evaluation
