@@ -95,7 +95,9 @@ def test_study_runs_as_slurm_jobs_and_a_signalled_job_requeues_and_finishes(tmp_
 
 
 def test_a_job_killed_outright_fails_its_trial_and_the_study_goes_on(tmp_path, slurm_cluster):
-    proc = start_study(tmp_path)
+    # no retry here (study.max_retries=0): the launcher's error fails the trial (submitit's sacct check, 17 s,
+    # before the default 60 s heartbeat grace), and the other trial is waited for
+    proc = start_study(tmp_path, "study.max_retries=0")
     number, job_id = training_job(tmp_path, proc)
     # SIGKILL to the job's step (`<job>.0`, the training process): no warning, no checkpoint. (A signal to the
     # job itself is a cancel: SIGTERM first, which submitit ignores, and SIGKILL only after KillWait.)
@@ -124,3 +126,61 @@ def test_a_trial_with_two_tasks_per_node_trains_data_parallel(tmp_path, slurm_cl
     assert "data-parallel: rank 0 of 2 on cpu (gloo)" in "".join(logs.values())
     records = [json.loads(x) for x in (tmp_path / "multirun" / "trial_0" / "metrics.jsonl").open()]
     assert [r["iteration"] for r in records if "train/loss" in r] == [2, 4, 6]  # written once, not per rank
+
+
+def test_a_restarted_sweeper_reattaches_to_live_jobs_and_retries_a_dead_one(tmp_path, slurm_cluster):
+    # 2 SLURM jobs run; the sweeper is SIGKILLed, then one job's training step too (after its first checkpoint).
+    # The same command again must wait for the live job's trial (not fail it), fail the dead one by its stale
+    # heartbeat and retry it from its checkpoint, alongside the live one: each trial COMPLETE once.
+    extra = ("hydra.sweeper.n_trials=3", "trainer.max_iters=300", "trainer.checkpoint_every=10", "data.num_workers=1",
+             "study.heartbeat_interval=1", "study.grace_period=5",
+             "study.enqueue=[{loss.ce_weight:0.6,dataset_mix.synthetic_loss_weight:0.5}]")
+    proc = start_study(tmp_path, *extra)
+    storage = f"sqlite:///{tmp_path}/multirun/optuna.db"
+    ckpt = tmp_path / "multirun" / "trial_0" / "checkpoint.pt"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    deadline = time.monotonic() + 240
+    while True:  # both jobs training, trial 0 checkpointed
+        assert proc.poll() is None and time.monotonic() < deadline, "the two jobs did not start training"
+        try:
+            trials = optuna.load_study(study_name="smoke", storage=storage).trials
+        except Exception:  # the study does not exist yet
+            trials = []
+        if len(trials) == 2 and ckpt.exists() and all(
+                (tmp_path / "multirun" / f"trial_{n}" / "metrics.jsonl").exists() for n in (0, 1)):
+            break
+        time.sleep(0.2)
+    proc.kill()  # the sweeper dies (a login node rebooting); its jobs run on
+    proc.wait(timeout=30)
+    exp = client.get_experiment_by_name("segsweep")
+    jobs = {int(r.data.tags["segsweep.trial"]): r.data.tags["segsweep.slurm_job_id"]
+            for r in client.search_runs([exp.experiment_id]) if "segsweep.trial" in r.data.tags}
+    # trial 0's run exists: it checkpointed (its run opened first)
+    subprocess.run(["scancel", "--signal=KILL", f"{jobs[0]}.0"], check=True)  # no warning, no checkpoint now
+    again = start_study(tmp_path, *extra)
+    finish(again)
+
+    study, client, parent, children = load(tmp_path)
+    trials = study.trials
+    t0, t1 = trials[0], trials[1]
+    assert t0.user_attrs["enqueued"] is True and t0.params["loss.ce_weight"] == 0.6  # the enqueued point first
+    assert t1.state == TrialState.COMPLETE and "fail_reason" not in t1.user_attrs  # live: waited for, not failed
+    assert t0.state == TrialState.FAIL and t0.user_attrs["fail_reason"].startswith("stale heartbeat")
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == t0.params
+    assert retry.user_attrs["resume_from"] == str(ckpt)
+    assert retry.datetime_start < t1.datetime_complete  # launched while trial 1's job still ran
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and len(trials) == 4, [(t.number, t.state.name) for t in trials]
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 3  # every point COMPLETE exactly once
+    # trial 1's job ran once, to its end (sacct), and each complete trial had a job of its own
+    jobs[1] = children[1].data.tags["segsweep.slurm_job_id"]
+    state = subprocess.run(["sacct", "-n", "-X", "-D", "-j", jobs[1], "-o", "State"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert state == ["COMPLETED"], state
+    ids = [children[t.number].data.tags["segsweep.slurm_job_id"] for t in complete]
+    assert len(set(ids)) == 3 and jobs[1] in ids
+    dead = children[0]
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags["segsweep.retried_by"] == children[retry.number].info.run_id
+    assert parent.info.status == "FINISHED" and parent.data.tags["stop_reason"].startswith("n_trials reached")
