@@ -29,11 +29,35 @@ class EvalTransform:
         return {"image": normalize(sample["image"]), "label": sample["label"]}
 
 
+def _source_coords(out_start: int, out_len: int, in_size: int, out_size: int) -> torch.Tensor:
+    """Source coordinates of output pixels ``out_start ..`` of a bilinear resize from ``in_size`` to ``out_size``
+    (align_corners=False, clamped at 0): ``F.interpolate``'s arithmetic, for a window only."""
+    idx = torch.arange(out_start, out_start + out_len, dtype=torch.float32)
+    if in_size == out_size:
+        return idx
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    return ((idx + 0.5) * scale - 0.5).clamp_min_(0)
+
+
+def _nearest_taps(out_start: int, out_len: int, in_size: int, out_size: int) -> torch.Tensor:
+    """Source index of output pixels ``out_start ..`` of ``F.interpolate(mode="nearest")`` from in_size to out_size."""
+    idx = torch.arange(out_start, out_start + out_len)
+    if in_size == out_size:
+        return idx
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    return (idx.to(torch.float32) * scale).floor_().long().clamp_max_(in_size - 1)
+
+
 class TrainTransform:
     """Random rescale (image bilinear, label nearest), random crop to ``crop_size``, random horizontal flip.
 
     When the rescaled image is smaller than the crop, the rest is padded: label with 255 (ignored) and the
     normalised image with 0, i.e. the mean colour.
+
+    Only the crop window is computed, sampled at the source coordinates ``F.interpolate`` would use on the whole
+    image (bilinear, align_corners=False; nearest for the label), so the result is that of rescaling the whole
+    image and then cropping (labels exactly, images within a few hundredths of a grey level), at a cost that grows
+    with the crop, not with the image (a 2048x1024 Cityscapes image rescaled by 2 would be 100 MB of floats).
     """
 
     def __init__(self, crop_size: list[int] | tuple[int, int], scale_range: list[float] | tuple[float, float],
@@ -48,19 +72,36 @@ class TrainTransform:
         h, w = label.shape
         s = self.scale_lo + (self.scale_hi - self.scale_lo) * u_scale
         sh, sw = max(1, round(h * s)), max(1, round(w * s))
-        img = image[None].float()
-        lab = label[None, None].float()  # labels <= 255 are exact in float32
-        if (sh, sw) != (h, w):
-            img = F.interpolate(img, size=(sh, sw), mode="bilinear", align_corners=False)
-            lab = F.interpolate(lab, size=(sh, sw), mode="nearest")
         top = int(u_top * (sh - self.crop_h + 1)) if sh > self.crop_h else 0
         left = int(u_left * (sw - self.crop_w + 1)) if sw > self.crop_w else 0
-        img = normalize(img[0, :, top: top + self.crop_h, left: left + self.crop_w].clamp_(0, 255))
-        lab = lab[0, 0, top: top + self.crop_h, left: left + self.crop_w].long()
-        ph, pw = self.crop_h - lab.shape[0], self.crop_w - lab.shape[1]
+        oh, ow = min(self.crop_h, sh - top), min(self.crop_w, sw - left)  # the crop inside the rescaled image
+        ph, pw = self.crop_h - oh, self.crop_w - ow  # padding, when the rescaled image is smaller than the crop
+        flip = self.hflip and u_flip < 0.5
+        mirror = flip and not pw  # flip by reversing the column taps; with padding, flip the padded result
+
+        # image: bilinear samples at the window's source coordinates, from the source region they fall in.
+        # grid_sample with border padding is F.interpolate's rule (a coordinate past the last pixel takes it);
+        # the normalised grid costs ~1e-4 pixel of position (0.02 grey levels at most, measured at 2048x1024).
+        sy, sx = _source_coords(top, oh, h, sh), _source_coords(left, ow, w, sw)
+        if mirror:
+            sx = sx.flip(0)
+        y_lo, y_hi = int(sy.min()), min(int(sy.max()) + 2, h)
+        x_lo, x_hi = int(sx.min()), min(int(sx.max()) + 2, w)
+        region = image[None, :, y_lo:y_hi, x_lo:x_hi].float()
+        gy = (2 * (sy - y_lo) + 1) / (y_hi - y_lo) - 1
+        gx = (2 * (sx - x_lo) + 1) / (x_hi - x_lo) - 1
+        grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)[None]
+        img = F.grid_sample(region, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        img = normalize(img.clamp_(0, 255))
+
+        ny, nx = _nearest_taps(top, oh, h, sh), _nearest_taps(left, ow, w, sw)
+        if mirror:
+            nx = nx.flip(0)
+        lab = label.index_select(0, ny)[:, nx].long()
+
         if ph or pw:
             img = F.pad(img, (0, pw, 0, ph), value=0.0)
             lab = F.pad(lab, (0, pw, 0, ph), value=IGNORE_INDEX)
-        if self.hflip and u_flip < 0.5:
+        if flip and not mirror:
             img, lab = img.flip(-1), lab.flip(-1)
         return {"image": img.contiguous(), "label": lab.contiguous()}
