@@ -9,19 +9,23 @@ option under test.
 from __future__ import annotations
 
 import contextlib
+import json
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import segsweep.engine.trainer as trainer_module
-from segsweep.config import OptimConfig, TrainerConfig
+from segsweep.config import OptimConfig, TrainerConfig, register_configs
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import UNet
+from segsweep.run import run
 from segsweep.tracking.storage import MetricAccumulator
 
 C = 5
@@ -340,3 +344,26 @@ def test_the_detector_exempts_only_the_optimizer_step_counters(monkeypatch):
     with detector:
         assert steps[0].item() == 3.0
 
+
+
+# --- the options from the config, through run() (run.py converts the model before the loop) --------------------
+
+@pytest.mark.parametrize("options", [
+    ["trainer.amp=true", "trainer.channels_last=true"],
+    pytest.param(["trainer.amp=true", "trainer.channels_last=true", "trainer.compile=true"], marks=pytest.mark.slow),
+], ids=lambda o: " ".join(x.split(".")[1] for x in o))
+def test_a_run_trains_with_the_gpu_options_on_a_cpu(tmp_path, options):
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+        cfg = compose("config", overrides=[
+            "data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=8",
+            "data.toycity.n_real_val=2", "data.toycity.n_synthetic=8", "data.crop_size=[64,64]",
+            "data.num_workers=0", "trainer.max_iters=2", "trainer.batch_size=4", "trainer.log_every=1",
+            "trainer.eval_every=2", "trainer.progress_bar=off", "trainer.device=cpu", "model.base_channels=4",
+            "model.depth=2", "mlflow.enabled=false", f"data.cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
+            *options])
+    value = run(cfg)
+    assert 0.0 <= value <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
