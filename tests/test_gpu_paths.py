@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import segsweep.engine.trainer as trainer_module
@@ -233,13 +234,15 @@ class HostSyncDetector(TorchDispatchMode):
     On a CPU every tensor lives on the host, so the detector decides which tensors would be on the device: all of
     them (parameters, gradients, activations, the batch, the loss and its sums) except the optimiser's ``step``
     counters, which torch keeps on the host on CUDA too (AdamW reads them with ``.item()`` every step; on CUDA that
-    read costs no sync). ``Tensor.tolist()``/``.cpu()`` of a CPU tensor reach no operation here and are not seen:
-    the CUDA check in bench/gpu_check.py covers them.
+    read costs no sync). ``Tensor.tolist()``/``.cpu()``/``.numpy()`` of a CPU tensor reach no operation at this
+    level: ``reads`` (a TorchFunctionMode, entered with this one) catches those calls. ``.to(device)`` is not
+    flagged (on CPU the batch's host-to-device copy looks the same); bench/gpu_check.py checks it all on CUDA.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         super().__init__()
         self.optimizer, self.depth, self.allowed_hits = optimizer, 0, 0
+        self.reads = _HostReads(self)
 
     @contextlib.contextmanager
     def allowed(self):
@@ -255,15 +258,42 @@ class HostSyncDetector(TorchDispatchMode):
         return any(isinstance(s.get("step"), torch.Tensor) and s["step"].data_ptr() == t.data_ptr()
                    for s in self.optimizer.state.values())
 
+    def __enter__(self):
+        self.reads.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        return self.reads.__exit__(*exc)
+
+    def _fail(self, what) -> None:
+        where = "".join(traceback.format_stack()[-12:-2])
+        raise AssertionError(f"host-device sync outside a logging step: {what}\n{where}")
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket in SYNC_OPS or (func.overloadpacket in MASK_OPS and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))):
             if self.depth:
                 self.allowed_hits += 1
             elif not self._host_counter(args[0]):
-                where = "".join(traceback.format_stack()[-12:-1])
-                raise AssertionError(f"host-device sync outside a logging step: {func}\n{where}")
+                self._fail(func)
         return func(*args, **(kwargs or {}))
+
+
+class _HostReads(TorchFunctionMode):
+    """Tensor-to-host calls of HostSyncDetector's tensors (see there)."""
+
+    def __init__(self, detector: HostSyncDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS and not self.detector.depth and not self.detector._host_counter(args[0]):
+            self.detector._fail(f"Tensor.{func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+HOST_READS = {torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy}
 
 
 def run_watched(monkeypatch, criterion=None, steps: int = 7, **options):
@@ -322,12 +352,16 @@ class ReadsLoss(SegmentationCriterion):
             float(out.terms["ce"])
         elif self.how == "bool":
             bool(out.total > 0)
+        elif self.how == "tolist":
+            out.total.detach().tolist()
+        elif self.how == "cpu":
+            out.terms["dice"].detach().cpu()
         elif self.how == "mask":
             args[1][args[1] != 255]  # boolean-mask indexing: an output shape that depends on the data
         return out
 
 
-@pytest.mark.parametrize("how", ["item", "float", "bool", "mask"])
+@pytest.mark.parametrize("how", ["item", "float", "bool", "tolist", "cpu", "mask"])
 def test_the_detector_catches_a_host_read_in_the_step(monkeypatch, how):
     with pytest.raises(AssertionError, match="host-device sync outside a logging step"):
         run_watched(monkeypatch, criterion=ReadsLoss(how), steps=2)
