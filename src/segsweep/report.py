@@ -21,6 +21,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ class StudyReport:
     comparisons: list[tuple[Config, Config, stats.Paired, float]] = field(default_factory=list)
     best: Config | None = None
     reference: Config | None = None
+    before: Config | None = None  # the per-class table's columns: a baseline, and the configuration against it
+    after: Config | None = None
     noise: tuple[float, int] = (math.nan, 0)
     search_spread: float = math.nan
     warning: str | None = None
@@ -146,6 +149,9 @@ def build(study: optuna.Study) -> StudyReport:
     r.comparisons = [(c, b, p, q) for (c, b, p, _), q in zip(r.comparisons, adjusted)]
     r.best = pool[0]
     r.reference = next((b for b in baselines if b is not r.best), None)
+    r.before, r.after = r.reference, r.best
+    if "baseline" in r.best.kind and "top" not in r.best.kind:  # a baseline won: what the best searched one changes
+        r.before, r.after = r.best, next((c for c in confirmed if "top" in c.kind), None)
     r.noise = stats.pooled_std([list(c.values.values()) for c in confirmed + search])
     means = [c.summary.mean for c in search]
     r.search_spread = stats.summarize(means).std if len(means) >= 2 else math.nan
@@ -174,6 +180,11 @@ def _answer(r: StudyReport) -> str:
         q = pair[1] if pair else p.p
         text += (f", {p.mean_diff:+.3f} over {r.reference.label} (paired t over {p.n} seeds, "
                  f"Holm-corrected p = {fmt_p(q)})")
+    elif r.after is not None and r.after is not b:  # the baseline itself is best
+        pair = next((q for c, bb, _, q in r.comparisons if c is r.after and bb is b), math.nan)
+        p = stats.paired(r.after.values, b.values)
+        text += (f"; no searched configuration beats it (the best, {r.after.label}: {p.mean_diff:+.3f}, paired t "
+                 f"over {p.n} seeds, Holm-corrected p = {fmt_p(pair)})")
     return text + f" [{where}]."
 
 
@@ -186,7 +197,9 @@ def _importances(study: optuna.Study, maximize: bool) -> dict[str, float]:
     copy.add_trials(done)
     sign = -1.0 if maximize else 1.0  # Optuna's default evaluator ranks low targets as good (see summary.py)
     try:
-        return optuna.importance.get_param_importances(copy, target=lambda t: sign * t.values[0])
+        with warnings.catch_warnings():  # its "low target values" note: the sign above takes care of that
+            warnings.filterwarnings("ignore", ".*importances of params to achieve low", UserWarning)
+            return optuna.importance.get_param_importances(copy, target=lambda t: sign * t.values[0])
     except Exception:  # too few or degenerate trials
         return {}
 
@@ -243,14 +256,14 @@ def _class_means(c: Config) -> dict[str, float]:
 
 
 def _fig_classes(r: StudyReport) -> bytes | None:
-    if r.best is None or r.reference is None or not r.best.iou:
+    if r.before is None or r.after is None or not r.after.iou:
         return None
-    a, b = _class_means(r.reference), _class_means(r.best)
+    a, b = _class_means(r.before), _class_means(r.after)
     names = [n for n in CLASS_NAMES if n in a or n in b]
     fig, ax = plt.subplots(figsize=(10, 3.5))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [a.get(n, 0) for n in names], 0.4, label=r.reference.label)
-    ax.bar([i + 0.2 for i in x], [b.get(n, 0) for n in names], 0.4, label=r.best.label)
+    ax.bar([i - 0.2 for i in x], [a.get(n, 0) for n in names], 0.4, label=r.before.label)
+    ax.bar([i + 0.2 for i in x], [b.get(n, 0) for n in names], 0.4, label=r.after.label)
     ax.set_xticks(list(x), [n + (" *" if n in RARE else "") for n in names], rotation=60, ha="right")
     ax.set_ylabel("val IoU (mean over seeds)")
     ax.set_title("per-class IoU (* rare classes)")
@@ -290,8 +303,8 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
                            "p (Holm)"], rows)]
         if (png := _fig_diffs(r)) is not None:
             out.append(("img", "differences", png))
-    if r.best is not None and r.reference is not None and r.best.iou:
-        a, b = _class_means(r.reference), _class_means(r.best)
+    if r.before is not None and r.after is not None and r.after.iou:
+        a, b = _class_means(r.before), _class_means(r.after)
         rows = []
         for n in CLASS_NAMES:
             if n in a or n in b:
@@ -304,12 +317,12 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
             if ma:
                 va, vb = sum(ma) / len(ma) * 100, sum(mb) / len(mb) * 100
                 rows.append([f"**{key}**", f"{va:.1f} %", f"{vb:.1f} %", f"{vb - va:+.1f} %p"])
-        va, vb = r.reference.summary.mean * 100, r.best.summary.mean * 100
+        va, vb = r.before.summary.mean * 100, r.after.summary.mean * 100
         rows.append([f"**{r.objective} (objective)**", f"{va:.1f} %", f"{vb:.1f} %", f"{vb - va:+.1f} %p"])
-        out += [("h3", f"Per-class IoU: {r.reference.label} → {r.best.label}"),
-                ("p", f"Before: {r.reference.label} ({r.reference.description}); after: {r.best.label} "
-                      f"({r.best.description}); means over each one's seeds."),
-                ("table", ["class", f"before ({r.reference.label})", f"after ({r.best.label})", "Δ"], rows)]
+        out += [("h3", f"Per-class IoU: {r.before.label} → {r.after.label}"),
+                ("p", f"Before: {r.before.label} ({r.before.description}); after: {r.after.label} "
+                      f"({r.after.description}); means over each one's seeds."),
+                ("table", ["class", f"before ({r.before.label})", f"after ({r.after.label})", "Δ"], rows)]
         if (png := _fig_classes(r)) is not None:
             out.append(("img", "classes", png))
     gap_rows = []
