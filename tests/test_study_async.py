@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState

@@ -167,7 +167,7 @@ def test_empty_study_without_mlflow_runs(store, tmp_path):
     paths = write_study_summary(study, client, parent, tmp_path)
     assert [p.name for p in paths] == ["trials.csv"]
     assert (tmp_path / "trials.csv").read_text().splitlines() == ["number,state,val/mIoU,duration_s,mlflow_run_id,"
-                                                                 "output_dir,fail_reason"]
+                                                                 "output_dir,fail_reason,enqueued,retry_of"]
 
 
 def test_multi_objective_summary(store, tmp_path):

@@ -39,6 +39,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from segsweep.sweep.confirm import enqueue_confirmation, is_confirm, merge_overrides, pending, retry_attrs
 from segsweep.sweep.heartbeat import StaleWatch
 from segsweep.sweep.parent import StudyParentRun
 from segsweep.sweep.runner import Slots
@@ -53,6 +54,14 @@ def tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
     except RuntimeError as e:  # GridSampler stops the study once its grid is used up, which only works in optimize()
         if "Study.stop" not in str(e):
             raise
+    except KeyError:  # GridSampler.after_trial on a trial it did not sample (enqueued); the FAIL is stored anyway
+        pass
+
+
+def died_without_a_word(error: object) -> bool:
+    """A job that left no result (killed, node failure: submitit's UncompletedJobError), as opposed to one whose
+    task raised (Hydra's JobReturn holds the exception; submitit's FailedJobError) -- only the former is retried."""
+    return not isinstance(error, BaseException) or type(error).__name__ == "UncompletedJobError"
 
 
 def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -64,7 +73,7 @@ def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
 
 
 def n_counted(study: optuna.Study) -> int:
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_confirm(t)]
     gone = superseded(trials)
     return sum(1 for t in trials if t.state in FINISHED and t.number not in gone)
 
@@ -140,13 +149,16 @@ class StudySweeper(Sweeper):
                      f"study.trial_number={trial.number}", f"study.parent_run_id={parent.run_id}"]
             if resume := trial.user_attrs.get("resume_from"):
                 extra.append(f"study.resume_from='{resume}'")
-            return (*base, *extra)
+            return merge_overrides([*base, *extra], trial.user_attrs.get("overrides"))  # a baseline's loss=ce ...
 
         status, reason = "FAILED", None
         try:
-            reason = self._run(study, Slots(self.launcher), parent, overrides)
+            slots = Slots(self.launcher)
+            reason = self._run(study, slots, parent, overrides, confirm=False)
+            if reason.startswith("n_trials reached") and self._confirmation(study, space):
+                reason = f"{reason}; confirmation stage: {self._run(study, slots, parent, overrides, confirm=True)}"
             status = "FINISHED"
-            if reason.startswith("max_failure_rate"):
+            if "max_failure_rate" in reason:
                 status = "FAILED"
                 raise RuntimeError(f"{reason}; see the trials' fail_reason in {storage}")
         except KeyboardInterrupt:
@@ -171,9 +183,25 @@ class StudySweeper(Sweeper):
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
-    def _run(self, study: optuna.Study, slots: Slots, parent: StudyParentRun, overrides) -> str:
-        """Keep the slots full until the study has its trials (or a budget or the failure rate stops it) and no
-        trial of it is still running anywhere; returns why it stopped."""
+    def _confirmation(self, study: optuna.Study, space) -> bool:
+        """After the search: enqueue the confirmation stage's trials (once; segsweep.sweep.confirm); whether any
+        is still to run."""
+        with self._lock():  # two sweepers finishing the search together enqueue it once
+            enqueue_confirmation(study, self.config, space)
+        return pending(study) > 0
+
+    def _stage(self, study: optuna.Study, confirm: bool) -> tuple[list[FrozenTrial], int]:
+        """The trials of one stage (the search, or the confirmation) and how many that stage runs in all."""
+        trials = [t for t in study.get_trials(deepcopy=False) if is_confirm(t) == confirm]
+        if not confirm:
+            return trials, self.n_trials
+        gone = superseded(trials)
+        return trials, sum(1 for t in trials if t.number not in gone)
+
+    def _run(self, study: optuna.Study, slots: Slots, parent: StudyParentRun, overrides, confirm: bool) -> str:
+        """Keep the slots full until the stage has its trials (the search: ``n_trials``; the confirmation: every
+        enqueued one), or a budget or the failure rate stops it, and no trial of it is still running anywhere;
+        returns why it stopped."""
         lockstep, last_beat, stop = bool(self._opt("lockstep", False)), 0.0, None
         while True:
             if self.watch is not None:
@@ -185,12 +213,12 @@ class StudySweeper(Sweeper):
                     self.watch.beat(t._trial_id for t in slots.trials.values()
                                     if "job_state" not in study._storage.get_trial(t._trial_id).user_attrs)
             self._settle(study, parent, slots.returned(0))
-            trials = study.get_trials(deepcopy=False)
+            trials, total = self._stage(study, confirm)
             gone = superseded(trials)
             counted = sum(1 for t in trials if t.state in FINISHED and t.number not in gone)
             running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-            stop = stop or self._stopped(trials, gone)
-            to_go = self.n_trials - counted - running
+            stop = stop or self._stopped(trials, gone, total)
+            to_go = total - counted - running
             n_ask = 0
             if stop is None and to_go > 0 and not (lockstep and slots.trials):
                 n_ask = 1 if slots.sequential else min(self.n_jobs - slots.busy(trials), to_go)
@@ -202,28 +230,31 @@ class StudySweeper(Sweeper):
                 break
             self._settle(study, parent, slots.returned(slots.poll_s))
         slots.drain(lambda returned: self._settle(study, parent, returned), timeout_s=30)
+        if confirm:
+            return stop or f"{counted} of {total} confirmation trials done"
         return stop or f"n_trials reached: {counted} of {self.n_trials} trials done"
 
     def _ask_and_launch(self, study: optuna.Study, slots: Slots, overrides) -> None:
         trial = study.ask()
         if self.watch is not None:
             self.watch.beat([trial._trial_id])  # from the ask on: a sweeper dying now leaves a trial that goes stale
-        trials = study.get_trials(deepcopy=False)
+        trials = [t for t in study.get_trials(deepcopy=False) if not is_confirm(t)]
         gone = superseded(trials)
         before = sum(1 for t in trials if t.number < trial.number and t.number not in gone)
-        if before >= self.n_trials:  # another sweeper asked the last trial at the same moment
+        if not is_confirm(trial) and before >= self.n_trials:  # another sweeper asked the last one at the same moment
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("fail_reason", "surplus: the study had its n_trials (asked by two sweepers at once)")
             tell_failed(study, trial)
             return
         log.info("trial %d launched%s", trial.number, "".join(
-            f" ({k}={trial.user_attrs[k]})" for k in ("enqueued", "retry_of") if k in trial.user_attrs))
+            f" ({k}={trial.user_attrs[k]})" for k in ("enqueued", "retry_of", "confirm_config", "seeds")
+            if k in trial.user_attrs))
         slots.launch(trial, overrides(trial))
 
-    def _stopped(self, trials: Sequence[FrozenTrial], gone: set[int]) -> str | None:
+    def _stopped(self, trials: Sequence[FrozenTrial], gone: set[int], total: int) -> str | None:
         n_fail = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in gone)
-        if n_fail > self.max_failure_rate * self.n_trials:
-            return (f"max_failure_rate exceeded: {n_fail} of the study's {self.n_trials} trials failed, more than "
+        if n_fail > self.max_failure_rate * total:
+            return (f"max_failure_rate exceeded: {n_fail} of the stage's {total} trials failed, more than "
                     f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows")
         started = [t.datetime_start for t in trials if t.datetime_start is not None]
         now = dt.datetime.now()
@@ -245,7 +276,10 @@ class StudySweeper(Sweeper):
                 trial.set_user_attr("fail_reason", f"the job ended without a result: {reason}"[:2000])
                 tell_failed(study, trial)
                 frozen = study._storage.get_trial(trial._trial_id)
-                self._lost(study, parent, frozen)
+                if died_without_a_word(error):
+                    self._lost(study, parent, frozen)
+                else:  # the job's own exception (a config or data error): the same point would fail again
+                    parent.fail_children([frozen], frozen.user_attrs["fail_reason"])
             if frozen.state == TrialState.FAIL:
                 log.warning("trial %d failed: %s", trial.number, frozen.user_attrs.get("fail_reason"))
             else:
@@ -263,13 +297,16 @@ class StudySweeper(Sweeper):
         if count >= limit:
             log.warning("trial %d not retried: it already is retry %d of %d", dead.number, count, limit)
             return
-        attrs: dict[str, Any] = {"retry_of": dead.number, counter: count + 1}
+        attrs: dict[str, Any] = {**retry_attrs(dead), "retry_of": dead.number, counter: count + 1}
         ckpt = Path(dead.user_attrs.get("output_dir", "/nonexistent")) / "checkpoint.pt"
         resume = str(ckpt) if ckpt.exists() else dead.user_attrs.get("resume_from")
         if resume:
             attrs["resume_from"] = resume
         log.info("trial %d queued again%s", dead.number, f", from {resume}" if resume else "")
-        study.enqueue_trial(dead.params, user_attrs=attrs, skip_if_exists=False)
+        # as optuna's RetryFailedTrialCallback: the dead trial's system attrs go along (GridSampler's grid_id)
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=dead.params, distributions=dead.distributions, user_attrs=attrs,
+            system_attrs={**dead.system_attrs, "fixed_params": dead.params}))
 
     # ---- start ----------------------------------------------------------------------------------------------
 
