@@ -96,3 +96,29 @@ def test_unknown_keys_and_wrong_types_stop_composition(override, words):
 def test_unknown_group_option_lists_nothing_silently():
     with pytest.raises(MissingConfigException, match="weighting/bogus"):
         composed("weighting=bogus")
+
+
+@pytest.mark.parametrize("preset,cls,attrs", [
+    ("none", "NopPruner", {}),
+    ("median", "MedianPruner", {"_n_startup_trials": 4, "_n_warmup_steps": 50}),
+    ("successive_halving", "SuccessiveHalvingPruner", {"_min_resource": 50, "_reduction_factor": 3}),
+    ("hyperband", "HyperbandPruner", {"_min_resource": 50, "_max_resource": "auto", "_reduction_factor": 3}),
+    ("threshold", "ThresholdPruner", {"_lower": 0.3, "_n_warmup_steps": 0}),
+])
+def test_pruner_presets_follow_the_evaluation_cadence(preset, cls, attrs):
+    from segsweep.sweep.trial import build_pruner
+
+    extra = ["study.pruner.lower=0.3"] if preset == "threshold" else []
+    pruner = build_pruner(validate(composed(f"pruner={preset}", "trainer.eval_every=50", *extra)).study.pruner)
+    assert type(pruner).__name__ == cls
+    assert {k: getattr(pruner, k) for k in attrs} == attrs
+
+
+def test_named_studies_pick_their_pruner():
+    from segsweep.sweep.trial import build_pruner
+
+    for study, cls in (("default", "MedianPruner"), ("smoke", "NopPruner"), ("baselines", "NopPruner")):
+        assert type(build_pruner(validate(composed(f"sweeps={study}")).study.pruner)).__name__ == cls
+    # the command line's preset wins over the study's
+    assert type(build_pruner(validate(composed("sweeps=default", "pruner=hyperband")).study.pruner)).__name__ == \
+        "HyperbandPruner"

@@ -72,7 +72,7 @@ def test_trials_with_loader_workers_end_when_pruned_or_failing_on_data(tmp_path,
     good = tmp_path / "good-cache"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=grid", "hydra.sweeper.study_name=exits",
            "hydra/launcher=submitit_local", "hydra.sweeper.max_failure_rate=0.5", *TINY, "data.num_workers=1",
-           f"data.cache_dir={cache},{good}", "study.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.5}",
+           f"data.cache_dir={cache},{good}", "pruner=threshold", "study.pruner.lower=1.5",
            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

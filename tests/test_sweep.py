@@ -163,7 +163,7 @@ def test_failed_trial_is_recorded_and_the_study_finishes(tmp_path, cache_dir):
 def test_pruned_trial_is_recorded_as_pruned(tmp_path, cache_dir):
     # a threshold no tiny trial reaches: pruned at its first evaluation (iteration 3 of 6)
     sweep(tmp_path, cache_dir, "hydra.sweeper.n_trials=1",
-          "study.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.99}")
+          "pruner=threshold", "study.pruner.lower=0.99")
     (trial,) = study(tmp_path).trials
     assert trial.state == TrialState.PRUNED
     assert list(trial.intermediate_values) == [3]
@@ -187,7 +187,7 @@ def test_multi_objective_study_records_the_pareto_front(tmp_path, cache_dir):
 
 def test_trials_in_local_subprocesses_prune_and_link_to_the_parent(tmp_path, cache_dir):
     sweep(tmp_path, cache_dir, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
-          "study.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.99}")
+          "pruner=threshold", "study.pruner.lower=0.99")
     trials = study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2  # told by the jobs, from their own processes
     logs = sorted((tmp_path / "multirun" / ".submitit").glob("*/*_log.out"))
