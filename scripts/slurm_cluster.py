@@ -74,8 +74,11 @@ def _alive(pid, name):
 
 
 class SlurmCluster:
-    def __init__(self, directory):
+    def __init__(self, directory, cpus=None):
+        """``cpus``: job slots of the node (CPUs=); more than the machine has are declared with slurmd's
+        config_overrides (oversubscribed, e.g. 4 one-CPU jobs on 2 cores for a benchmark of the study runner)."""
         self.dir = Path(directory).resolve()
+        self.cpus = cpus or os.cpu_count()
         self.conf = self.dir / "etc" / "slurm.conf"
         self.pids = self.dir / "pids"
         self.munge_socket = self.dir / "munge" / "socket"
@@ -160,7 +163,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort={self.ports['slurmdbd']}
 # with slurmdbd, AccountingStoragePass names the munge socket used to talk to it
 AccountingStoragePass={self.munge_socket}
-NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={mem_mb} State=UNKNOWN
+{"SlurmdParameters=config_overrides" if self.cpus > os.cpu_count() else ""}
+NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
         dbd_conf = d / "etc" / "slurmdbd.conf"
