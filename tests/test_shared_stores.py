@@ -1,5 +1,5 @@
-"""Many jobs on one store lose nothing: 8 trial jobs at once on one SQLite MLflow store and one SQLite Optuna
-storage; 8 plain runs at once creating a SQLite MLflow store that does not exist yet (MLflow's schema-migration
+"""Many jobs on one store lose nothing: 4 trial jobs at once on one SQLite MLflow store and one SQLite Optuna
+storage; 4 plain runs at once creating a SQLite MLflow store that does not exist yet (MLflow's schema-migration
 race); and the production set-up, an ``mlflow server`` backed by PostgreSQL with the Optuna storage in
 PostgreSQL, on a real server started here (Debian's ``postgresql``; a missing server fails, never skips).
 
@@ -28,7 +28,7 @@ from pg_server import PgServer, postgres_server
 from ui_helpers import QUIET_ENV, free_port, mlflow_server, tail
 
 ROOT = Path(__file__).resolve().parents[1]
-N = 8  # jobs at once on SQLite
+N = 4  # jobs at once on SQLite (4 writers already race; 8 cost ~100 s more of imports on 2 cores)
 N_PG = 2  # jobs at once on the PostgreSQL set-up: each job costs ~9 CPU-s of imports, 8 would add ~30 s on 2 cores
 # the smoke study's tiny training, for plain runs
 TINY = ["trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=3", "trainer.batch_size=4",

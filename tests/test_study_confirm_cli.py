@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 from test_sweep import command, runs, study, sweep, wait_for
 
-EXTRA = ("hydra/launcher=basic", "hydra.sweeper.n_trials=2", "trainer.max_iters=30", "trainer.eval_every=15",
+EXTRA = ("hydra/launcher=basic", "hydra.sweeper.n_trials=2", "trainer.max_iters=12", "trainer.eval_every=6",
          "study.repeats=2", "study.seeds=[0,1]", "study.confirm.top_k=1", "study.confirm.seeds=2",
          "study.baselines={plain_ce:['loss=ce','loss.ce_weight=1.0']}")
 

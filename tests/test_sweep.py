@@ -93,7 +93,9 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+# killed: by default the same path (a stale heartbeat, retried) runs in test_study_async and test_slurm_study
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT],
+                         ids=["killed", "ctrl-c"])
 def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path, cache_dir, sig):
     # short heartbeats: a killed sweep's in-process trial goes stale within seconds of the restart
     extra = ("hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "trainer.max_iters=40", "trainer.log_every=5",
