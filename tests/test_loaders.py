@@ -54,7 +54,7 @@ def test_cityscapes_label_ids_are_mapped(tmp_path):
     s = ds[1]
     assert s["image"].dtype == torch.uint8 and s["image"].shape == (3, 3, 4)
     assert torch.equal(s["image"], torch.from_numpy(images[1]).permute(2, 0, 1))
-    assert s["label"].dtype == torch.int64 and s["label"].tolist() == TRAIN_IDS.tolist()
+    assert s["label"].dtype == torch.uint8 and s["label"].tolist() == TRAIN_IDS.tolist()  # int64 after the transform
     lab = ds.load_label(0)
     assert lab.dtype == np.uint8 and lab.tolist() == TRAIN_IDS.tolist()
 

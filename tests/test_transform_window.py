@@ -40,8 +40,9 @@ def reference(tf: TrainTransform, sample: dict, seed: int) -> dict:
 def test_window_transform_equals_rescale_then_crop(hw, crop, scales):
     h, w = hw
     g = torch.Generator().manual_seed(0)
-    sample = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-              "label": torch.randint(0, 19, (h, w), generator=g)}
+    # as the loaders hand them over: a CHW view of HWC pixels, uint8 labels
+    sample = {"image": torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).permute(2, 0, 1),
+              "label": torch.randint(0, 19, (h, w), generator=g, dtype=torch.uint8)}
     sample["label"][: h // 4] = 255
     tf = TrainTransform(crop, scales, hflip=True)
     flips = 0

@@ -180,11 +180,15 @@ class PairedSegmentation(torch.utils.data.Dataset):
         if im.size[::-1] != label.shape:
             raise DatasetError(f"image {self.image_paths[i]} is {im.size[1]}x{im.size[0]} (HxW) but its label "
                                f"{self.label_paths[i]} is {label.shape[0]}x{label.shape[1]}; expected equal sizes")
-        im = im.convert("RGB")
+        if im.mode != "RGB":  # convert() on an RGB image would copy it whole
+            im = im.convert("RGB")
         if self.resize is not None and im.size[::-1] != self.resize:
             im = im.resize(self.resize[::-1], Image.Resampling.BILINEAR)
-        image = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        return {"image": image, "label": torch.from_numpy(self._resize_label(label).astype(np.int64))}
+        # uint8, and the image a CHW view of the HWC pixels: the transforms read only their crop window, and
+        # convert (float image, int64 label) that window alone, not a 2048x1024 image
+        image = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
+        label = self._resize_label(label)
+        return {"image": image, "label": torch.from_numpy(label if label.flags.writeable else label.copy())}
 
     def fingerprint(self) -> str:
         """A short hash of the label files (relative paths, sizes, mtimes) and the resize: the data's identity."""

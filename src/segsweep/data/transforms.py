@@ -1,4 +1,5 @@
-"""Training and evaluation transforms on the loaders' tensors (image uint8 3xHxW, label int64 HxW).
+"""Training and evaluation transforms on the loaders' tensors (image uint8 3xHxW, label uint8 HxW); they return a
+float32 normalised image and an int64 label.
 
 Randomness comes from the ``torch.Generator`` passed in (training samples get one seeded from their place in the
 batch stream, see ``mixing.SeededBatches``), else from torch's global RNG.
@@ -26,7 +27,7 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 class EvalTransform:
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        return {"image": normalize(sample["image"]), "label": sample["label"]}
+        return {"image": normalize(sample["image"]), "label": sample["label"].long()}
 
 
 def _source_coords(out_start: int, out_len: int, in_size: int, out_size: int) -> torch.Tensor:
