@@ -168,3 +168,26 @@ def test_search_only_study_is_marked_unconfirmed(tmp_path, n):
     r = build(study)
     assert r.best.description == "weighting=inverse_freq" and "search only" in r.answer
     assert r.comparisons == []
+
+
+def test_baselines_only_study_answers_against_the_first_listed_baseline(tmp_path):
+    # sweeps=baselines: every configuration is a baseline; the first listed (plain CE) is the reference even
+    # though it ranks last, and each baseline is compared with those listed before it
+    study = optuna.create_study(study_name="b", storage=f"sqlite:///{tmp_path}/optuna.db", direction="maximize")
+    listed = {"plain_ce": PLAIN, "weighted_ce": TOP2, "combined": TOP1}
+    dists = {**SPACE, "loss.ce_weight": FloatDistribution(0.2, 1.0)}
+    for i, (label, values) in enumerate(listed.items()):
+        params = {"dataset_mix.synthetic_loss_weight": 0.5, "loss.ce_weight": 1.0 - i / 10, "weighting": "none"}
+        for j, v in enumerate(values):
+            s = str(1000 + j)
+            study.add_trial(create_trial(params=params, distributions=dists, value=v, user_attrs={
+                "stage": "confirm", "seeds": [1000 + j], "confirm_config": label, "confirm_kind": "baseline",
+                "confirm_id": label, "confirm_key": f"{label}@{s}", "seed_values": {s: v},
+                "seed_iou": {s: iou(v / 0.64, 0.2)}}))
+    r = build(study)
+    assert (r.best.label, r.reference.label, r.before.label, r.after.label) == (
+        "combined", "plain_ce", "plain_ce", "combined")
+    assert {(c.label, b.label) for c, b, _, _ in r.comparisons} == {
+        ("weighted_ce", "plain_ce"), ("combined", "plain_ce"), ("combined", "weighted_ce")}
+    md = paired_by_hand(TOP1, PLAIN)[0]
+    assert f"{md:+.3f} over plain_ce (paired t over 3 seeds" in r.answer, r.answer

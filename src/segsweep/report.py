@@ -139,7 +139,8 @@ def build(study: optuna.Study) -> StudyReport:
     if not pool:
         r.answer = f"No complete trial yet in study {study.study_name!r}: nothing to report."
         return r
-    baselines = [c for c in confirmed if "baseline" in c.kind]
+    # in the study's order (study.baselines, enqueued in that order): the first is the reference
+    baselines = sorted((c for c in confirmed if "baseline" in c.kind), key=lambda c: min(c.trials))
     for c in confirmed:  # each configuration against each baseline (a pair of baselines once)
         for b in baselines:
             if b is c or ("baseline" in c.kind and baselines.index(b) >= baselines.index(c)):
@@ -150,7 +151,7 @@ def build(study: optuna.Study) -> StudyReport:
     r.best = pool[0]
     r.reference = next((b for b in baselines if b is not r.best), None)
     r.before, r.after = r.reference, r.best
-    if "baseline" in r.best.kind and "top" not in r.best.kind:  # a baseline won: what the best searched one changes
+    if r.reference is None and "top" not in r.best.kind:  # the only baseline won: what the best searched one changes
         r.before, r.after = r.best, next((c for c in confirmed if "top" in c.kind), None)
     r.noise = stats.pooled_std([list(c.values.values()) for c in confirmed + search])
     means = [c.summary.mean for c in search]
@@ -291,7 +292,8 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
 
     if r.confirmed:
         out += [("h3", "Confirmed configurations (fresh seeds), ranked by mean"), ("table", head, ranked(r.confirmed))]
-    out += [("h3", "Search configurations, ranked by mean (top 15)"), ("table", head, ranked(r.search[:15]))]
+    if r.search:
+        out += [("h3", "Search configurations, ranked by mean (top 15)"), ("table", head, ranked(r.search[:15]))]
     if (png := _fig_ranked(r)) is not None:
         out.append(("img", "ranked", png))
     if r.comparisons:
