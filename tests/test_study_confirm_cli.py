@@ -62,6 +62,7 @@ def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_d
         assert list(t.user_attrs["seed_values"]) == [str(t.user_attrs["seeds"][0])]
     _, parent, children = runs(tmp_path)
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best_trial"] == str(best.number)  # the search's best, not a lucky confirmation seed
     by_id = {r.info.run_id: r for r in children}
     for t in done:
         params = by_id[t.user_attrs["mlflow_run_id"]].data.params

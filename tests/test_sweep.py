@@ -102,8 +102,9 @@ def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path, cache_dir
              "study.heartbeat_interval=1", "study.grace_period=3")
     # SIGINT at its default disposition, as in a terminal: a test runner started in the background (CI) passes it
     # on ignored, and Python then never raises KeyboardInterrupt.
-    proc = subprocess.Popen(command(tmp_path, *extra), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "SEGSWEEP_CACHE": str(cache_dir)},
+    out = open(tmp_path / "sweep.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(command(tmp_path, *extra), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "SEGSWEEP_CACHE": str(cache_dir)},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def second_trial_training():
@@ -116,6 +117,12 @@ def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path, cache_dir
     finally:
         if proc.poll() is None:
             proc.kill()
+        out.close()
+    if sig == signal.SIGINT:  # Ctrl-C: one line saying how to go on, no traceback
+        log = (tmp_path / "sweep.log").read_text()
+        assert proc.returncode == 130
+        assert "Traceback" not in log
+        assert "study interrupted (Ctrl-C); the same command resumes it" in log
     interrupted = study(tmp_path).trials[1]
     assert interrupted.state == (TrialState.RUNNING if sig == signal.SIGKILL else TrialState.FAIL)
     first_params = study(tmp_path).trials[0].params

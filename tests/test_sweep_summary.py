@@ -143,6 +143,13 @@ def test_single_objective_summary(store, tmp_path):
     assert client.get_run(new).data.tags["segsweep.best"] == "true"
     assert client.get_run(runs[1]).data.tags["segsweep.best"] == "false"
 
+    # a confirmation trial (one fresh seed) with a higher value is not the search's best
+    lucky = study.ask({W: optuna.distributions.FloatDistribution(0.0, 1.0)})
+    lucky.set_user_attr("stage", "confirm")
+    study.tell(lucky, 0.95)
+    write_study_summary(study, client, parent, tmp_path / "summary")
+    assert client.get_run(parent).data.tags["best_trial"] == str(trial.number)
+
 
 @pytest.mark.parametrize("n_complete", [0, 1])
 def test_few_complete_trials(store, tmp_path, n_complete):

@@ -51,6 +51,18 @@ def search_trials(study: optuna.Study, states: Sequence[TrialState] | None = Non
     return [t for t in study.get_trials(deepcopy=False, states=states) if not is_confirm(t)]
 
 
+def best_search_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The search's best complete trial (single objective). Not ``study.best_trial``: a confirmation trial's value
+    is one fresh seed's, and the luckiest of those is no search result; a study without a search (baselines
+    only) falls back to all its trials."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in done if not is_confirm(t)] or done
+    if not done:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(done, key=lambda t: t.value)
+
+
 def confirm_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=states) if is_confirm(t)]
 

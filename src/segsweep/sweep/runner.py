@@ -48,7 +48,9 @@ def is_sequential(launcher) -> bool:
 class Slots:
     """Trials this sweeper launched and whose jobs have not returned yet."""
 
-    def __init__(self, launcher, poll_s: float = 0.25) -> None:
+    # Each poll reads the study's trials from the storage: once a second frees a slot within a second of its
+    # trial's end (trials take minutes) and keeps the sweeper's own CPU use small on a small machine.
+    def __init__(self, launcher, poll_s: float = 1.0) -> None:
         self.launcher, self.poll_s = launcher, poll_s
         self.sequential = is_sequential(launcher)
         self.trials: dict[int, optuna.Trial] = {}  # number -> trial, until its launch returns

@@ -21,6 +21,8 @@ import optuna.visualization.matplotlib as ovm  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from segsweep.sweep.confirm import best_search_trial  # noqa: E402
+
 log = logging.getLogger(__name__)
 ARTIFACT_PATH = "study"
 BEST_TAG = "segsweep.best"
@@ -180,7 +182,7 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
         tags["stop_reason"] = stop_reason
     best: list[FrozenTrial] = []
     if complete and len(names) == 1:
-        best = [study.best_trial]
+        best = [best_search_trial(study)]
         b = best[0]
         tags.update(best_trial=b.number, best_value=b.value, best_run_id=b.user_attrs.get("mlflow_run_id", ""),
                     best_params=", ".join(f"{k}={_fmt(v)}" for k, v in b.params.items())[:5000])

@@ -39,7 +39,14 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from segsweep.sweep.confirm import enqueue_confirmation, is_confirm, merge_overrides, pending, retry_attrs
+from segsweep.sweep.confirm import (
+    best_search_trial,
+    enqueue_confirmation,
+    is_confirm,
+    merge_overrides,
+    pending,
+    retry_attrs,
+)
 from segsweep.sweep.heartbeat import StaleWatch
 from segsweep.sweep.parent import StudyParentRun
 from segsweep.sweep.runner import Slots
@@ -151,7 +158,7 @@ class StudySweeper(Sweeper):
                 extra.append(f"study.resume_from='{resume}'")
             return merge_overrides([*base, *extra], trial.user_attrs.get("overrides"))  # a baseline's loss=ce ...
 
-        status, reason = "FAILED", None
+        status, reason, interrupted = "FAILED", None, False
         try:
             slots = Slots(self.launcher)
             reason = self._run(study, slots, parent, overrides, confirm=False)
@@ -162,12 +169,15 @@ class StudySweeper(Sweeper):
                 status = "FAILED"
                 raise RuntimeError(f"{reason}; see the trials' fail_reason in {storage}")
         except KeyboardInterrupt:
-            status, reason = "KILLED", "interrupted (Ctrl-C); jobs still running were left to run: the same " \
-                                       "command re-attaches to them"
-            raise
+            status, reason, interrupted = "KILLED", "interrupted (Ctrl-C); the same command resumes the study", True
         finally:
             parent.summarise(study, self.sweep_dir, reason or "the sweeper failed")
             parent.close(status)
+        if interrupted:  # one line, not a traceback: Ctrl-C is how a user stops a study
+            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            log.warning("study interrupted (Ctrl-C); the same command resumes it%s",
+                        f" (and re-attaches to trials {running} if their jobs live on)" if running else "")
+            raise SystemExit(130)
         log.info("study stopped: %s", reason)
         self._log_best(study)
 
@@ -344,12 +354,11 @@ class StudySweeper(Sweeper):
             self.sampler.reseed_rng()  # a resumed seeded sampler would otherwise propose its first points again
         return bool(study.trials), failed
 
-    @staticmethod
-    def _log_best(study: optuna.Study) -> None:
+    def _log_best(self, study: optuna.Study) -> None:
         if len(study.directions) == 1:
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if done:
-                log.info("best trial %d: value %.4f, params %s", study.best_trial.number, study.best_value,
-                         study.best_params)
+            if (best := best_search_trial(study)) is not None:
+                log.info("best search trial %d: value %.4f, params %s", best.number, best.value, best.params)
         else:
             log.info("%d Pareto-optimal trial(s)", len(study.best_trials))
+        if (report := self.sweep_dir / "study_summary" / "report.md").exists():
+            log.info("the study's answer, with intervals and paired tests: %s", report)
