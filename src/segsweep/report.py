@@ -336,8 +336,8 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
             if real or syn:
                 mr = sum(real) / len(real) if real else math.nan
                 ms = sum(syn) / len(syn) if syn else math.nan
-                gap_rows.append([x.label, term, f"{mr:.4f}", f"{ms:.4f}",
-                                 "n/a" if math.isnan(ms - mr) else f"{ms - mr:+.4f}"])
+                gap_rows.append([x.label, term, *("n/a" if math.isnan(v) else f"{v:.4f}" for v in (mr, ms)),
+                                 "n/a" if math.isnan(ms - mr) else f"{ms - mr:+.4f}"])  # n/a: no such samples
     if gap_rows:
         out += [("h3", "Real vs synthetic at the end of training"),
                 ("p", "Last logged unweighted training loss of the real and of the synthetic samples (split "
