@@ -10,11 +10,20 @@ end times in the Optuna storage:
 
 Prints one JSON object: per mode the utilisation, the study's wall time, the trial states and the best value,
 and the lock-step / always-full wall-time ratio (goal: utilisation >= 0.95 with >= 4 slots, ratio >= 1.3).
+
+On a small CPU machine the slots share its cores, so a trial runs faster while its lock-step partners idle and
+the measured wall times hide what a free slot costs on GPU nodes. ``replay`` therefore also schedules the
+always-full run's measured trial lengths (in asking order) both ways on 1 to 16 independent slots, where a
+trial's length does not depend on what else runs; ``--replay URL STUDY`` does only that, for any stored study
+(e.g. the default study's search):
+
+    python bench/bench_study.py --replay sqlite:///multirun/optuna.db default
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import subprocess
@@ -50,6 +59,26 @@ def utilisation(study: optuna.Study, n_jobs: int) -> dict:
             "best_value": round(max(done), 4) if done else None}
 
 
+def makespan(lengths: list[float], slots: int, lockstep: bool) -> float:
+    """Wall time of trials of these lengths, asked in this order, on ``slots`` independent slots: lock-step runs
+    them in batches of ``slots`` (a batch lasts as long as its longest trial); always-full gives each trial the
+    slot that frees first."""
+    if lockstep:
+        return sum(max(lengths[i:i + slots]) for i in range(0, len(lengths), slots))
+    free = [0.0] * slots  # when each slot frees (a heap)
+    for length in lengths:
+        heapq.heappush(free, heapq.heappop(free) + length)
+    return max(free)
+
+
+def replay(study: optuna.Study) -> dict:
+    """Lock-step / always-full wall-time ratio of the study's search trials' measured lengths, per slot count."""
+    lengths = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+               if t.datetime_start and t.datetime_complete and t.user_attrs.get("stage") != "confirm"]
+    return {"trials": len(lengths), "lockstep_over_always_full": {
+        n: round(makespan(lengths, n, True) / makespan(lengths, n, False), 2) for n in (1, 2, 4, 8, 16)}}
+
+
 def run(mode: str, work: Path, args, extra: list[str]) -> dict:
     d = work / mode
     d.mkdir(parents=True)
@@ -63,7 +92,8 @@ def run(mode: str, work: Path, args, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{mode}: the study failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{d}/multirun/optuna.db")
-    return {**utilisation(study, args.slots), "command_s": round(time.perf_counter() - t0, 1)}
+    out = {**utilisation(study, args.slots), "command_s": round(time.perf_counter() - t0, 1)}
+    return {**out, "replay": replay(study)} if mode == "always_full" else out
 
 
 def main() -> None:
@@ -72,7 +102,12 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=4, help="n_jobs: trials in flight")
     p.add_argument("--trials", type=int, default=24, help="n_trials of each study")
     p.add_argument("--keep", action="store_true", help="keep the studies' directories")
+    p.add_argument("--replay", nargs=2, metavar=("STORAGE_URL", "STUDY"),
+                   help="only replay a stored study's trial lengths on independent slots")
     args = p.parse_args()
+    if args.replay:
+        print(json.dumps(replay(optuna.load_study(study_name=args.replay[1], storage=args.replay[0]))))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench_study_"))
     extra = ["hydra/launcher=submitit_local"]
     cluster = None
