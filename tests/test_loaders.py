@@ -10,7 +10,7 @@ from PIL import Image
 
 from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError, IdAudit, png_size
 from segsweep.data.gta5 import GTA5Segmentation
-from segsweep.data.transforms import EvalTransform, TrainTransform
+from segsweep.data.transforms import EvalTransform, TrainTransform, to_tensor
 
 IDS = np.array([[7, 8, 26, 33], [0, 6, 1, 23], [21, 24, 25, 31]], np.uint8)  # Cityscapes label ids
 TRAIN_IDS = np.array([[0, 1, 13, 18], [255, 255, 255, 10], [8, 11, 12, 16]])  # the same, mapped by hand
@@ -52,8 +52,9 @@ def test_cityscapes_label_ids_are_mapped(tmp_path):
     assert len(ds) == 2 and [p.name for p in ds.label_paths] == [
         "oz_000000_000019_gtFine_labelIds.png", "oz_000001_000019_gtFine_labelIds.png"]
     s = ds[1]
-    assert s["image"].dtype == torch.uint8 and s["image"].shape == (3, 3, 4)
-    assert torch.equal(s["image"], torch.from_numpy(images[1]).permute(2, 0, 1))
+    assert s["image"].mode == "RGB" and s["image"].size == (4, 3)  # decoded; the transform makes the tensor
+    assert torch.equal(to_tensor(s["image"]), torch.from_numpy(images[1]).permute(2, 0, 1))
+    assert torch.equal(to_tensor(s["image"], 1, 3, 2, 4), torch.from_numpy(images[1][1:3, 2:4]).permute(2, 0, 1))
     assert s["label"].dtype == torch.uint8 and s["label"].tolist() == TRAIN_IDS.tolist()  # int64 after the transform
     lab = ds.load_label(0)
     assert lab.dtype == np.uint8 and lab.tolist() == TRAIN_IDS.tolist()
@@ -81,7 +82,7 @@ def test_resize(tmp_path):
     _cityscapes(tmp_path, ids=ids, n=1)
     ds = CityscapesSegmentation(tmp_path, "train", resize=[4, 6])
     s = ds[0]
-    assert s["image"].shape == (3, 4, 6) and s["label"].shape == (4, 6)
+    assert to_tensor(s["image"]).shape == (3, 4, 6) and s["label"].shape == (4, 6)
     expected = np.kron(np.array([[0, 13], [10, 1]]), np.ones((2, 3), np.int64))
     assert s["label"].tolist() == expected.tolist()  # nearest: no blended class values
     assert ds.load_label(0).tolist() == expected.tolist()

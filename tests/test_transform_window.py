@@ -4,6 +4,7 @@ then cropping (the straightforward implementation, written out here as the refer
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from segsweep.data.transforms import TrainTransform, normalize
 
@@ -30,6 +31,7 @@ def reference(tf: TrainTransform, sample: dict, seed: int) -> dict:
     return {"image": img, "label": lab}
 
 
+@pytest.mark.parametrize("pil", [True, False], ids=["pil", "tensor"])
 @pytest.mark.parametrize("hw, crop, scales", [
     ((37, 53), (16, 24), (0.5, 2.0)),      # down- and upscaling, odd sizes
     ((64, 128), (32, 64), (1.0, 1.0)),     # no rescale
@@ -37,17 +39,19 @@ def reference(tf: TrainTransform, sample: dict, seed: int) -> dict:
     ((20, 30), (40, 40), (0.75, 1.5)),     # padded on both axes
     ((33, 65), (33, 65), (0.9, 1.1)),      # crop = image size
 ])
-def test_window_transform_equals_rescale_then_crop(hw, crop, scales):
+def test_window_transform_equals_rescale_then_crop(hw, crop, scales, pil):
     h, w = hw
     g = torch.Generator().manual_seed(0)
-    # as the loaders hand them over: a CHW view of HWC pixels, uint8 labels
-    sample = {"image": torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).permute(2, 0, 1),
-              "label": torch.randint(0, 19, (h, w), generator=g, dtype=torch.uint8)}
+    pixels = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+    # the reference rescales a CHW tensor; the transform gets the image as the loaders hand it over (a decoded PIL
+    # image, of which it converts only the window) or as a CHW view of HWC pixels
+    sample = {"image": pixels.permute(2, 0, 1), "label": torch.randint(0, 19, (h, w), generator=g, dtype=torch.uint8)}
     sample["label"][: h // 4] = 255
+    given = {**sample, "image": Image.fromarray(pixels.numpy())} if pil else sample
     tf = TrainTransform(crop, scales, hflip=True)
     flips = 0
     for seed in range(40):
-        got, want = tf(sample, torch.Generator().manual_seed(seed)), reference(tf, sample, seed)
+        got, want = tf(given, torch.Generator().manual_seed(seed)), reference(tf, sample, seed)
         assert got["image"].shape == (3, *crop) and got["label"].shape == crop
         assert got["image"].is_contiguous() and got["label"].dtype == torch.int64
         torch.testing.assert_close(got["image"], want["image"], rtol=0, atol=4e-4)  # 0.02 grey levels

@@ -1,5 +1,5 @@
-"""Training and evaluation transforms on the loaders' tensors (image uint8 3xHxW, label uint8 HxW); they return a
-float32 normalised image and an int64 label.
+"""Training and evaluation transforms on the loaders' samples (image: a decoded RGB PIL image or a uint8 3xHxW
+tensor; label: uint8 HxW); they return a float32 normalised image and an int64 label.
 
 Randomness comes from the ``torch.Generator`` passed in (training samples get one seeded from their place in the
 batch stream, see ``mixing.SeededBatches``), else from torch's global RNG.
@@ -7,27 +7,43 @@ batch stream, see ``mixing.SeededBatches``), else from torch's global RNG.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from segsweep.data.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Sample = dict[str, torch.Tensor]
+Sample = dict[str, torch.Tensor | Image.Image]
+
+
+def to_tensor(image: torch.Tensor | Image.Image, top: int = 0, bottom: int | None = None, left: int = 0,
+              right: int | None = None) -> torch.Tensor:
+    """uint8 3xHxW of the image's rows top:bottom and columns left:right; of a PIL image only that window is
+    converted."""
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        box = (left, top, w if right is None else right, h if bottom is None else bottom)
+        return torch.from_numpy(np.array(image.crop(box) if box != (0, 0, w, h) else image, np.uint8)).permute(2, 0, 1)
+    return image[:, top:bottom, left:right]
+
+
+_SCALE = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(3, 1, 1)
+_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (or 0..255 float) 3xHxW -> float32 normalised with the ImageNet mean/std on the 0..1 scale."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (image.float() / 255.0 - mean) / std
+    """uint8 (or 0..255 float) 3xHxW -> float32 normalised with the ImageNet mean/std on the 0..1 scale:
+    (x / 255 - mean) / std as one multiply-add pass over the image."""
+    return torch.addcmul(_SHIFT, image.float(), _SCALE)
 
 
 class EvalTransform:
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        return {"image": normalize(sample["image"]), "label": sample["label"].long()}
+        return {"image": normalize(to_tensor(sample["image"])), "label": sample["label"].long()}
 
 
 def _source_coords(out_start: int, out_len: int, in_size: int, out_size: int) -> torch.Tensor:
@@ -88,7 +104,7 @@ class TrainTransform:
             sx = sx.flip(0)
         y_lo, y_hi = int(sy.min()), min(int(sy.max()) + 2, h)
         x_lo, x_hi = int(sx.min()), min(int(sx.max()) + 2, w)
-        region = image[None, :, y_lo:y_hi, x_lo:x_hi].float()
+        region = to_tensor(image, y_lo, y_hi, x_lo, x_hi)[None].float()
         gy = (2 * (sy - y_lo) + 1) / (y_hi - y_lo) - 1
         gx = (2 * (sx - x_lo) + 1) / (x_hi - x_lo) - 1
         grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)[None]
