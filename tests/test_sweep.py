@@ -50,7 +50,7 @@ def runs(tmp: Path):
 
 
 def test_study_completes_with_parent_children_and_summary(tmp_path, cache_dir):
-    sweep(tmp_path, cache_dir)
+    sweep(tmp_path, cache_dir, "mlflow.plots=true")  # the smoke study draws no figures by default
     s = study(tmp_path)
     assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 2
     assert all(0 <= t.value <= 1 for t in s.trials)
@@ -77,6 +77,9 @@ def test_study_completes_with_parent_children_and_summary(tmp_path, cache_dir):
     assert parent.data.tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/optimization_history.png", "study/real_vs_synthetic.png"} <= artifacts
+    for child in children:  # each trial's own figures
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "plots")} == {
+            "plots/training_curves.png", "plots/iou_per_class.png", "plots/confusion.png"}
 
 
 def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120):
@@ -93,9 +96,10 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# killed: by default the same path (a stale heartbeat, retried) runs in test_study_async and test_slurm_study
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT],
-                         ids=["killed", "ctrl-c"])
+# slow: by default a killed job's path (a stale heartbeat, retried) runs in test_study_async and test_slurm_study,
+# and Ctrl-C + resume in test_study_confirm_cli (during the confirmation stage)
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
 def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path, cache_dir, sig):
     # short heartbeats: a killed sweep's in-process trial goes stale within seconds of the restart
     extra = ("hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "trainer.max_iters=40", "trainer.log_every=5",

@@ -293,7 +293,8 @@ class Browser:
 
 def run_sweep_cli(tmp: Path, timeout: float = 300.0) -> Path:
     """A store made by the real sweep CLI (``sweeps=smoke``: one study, two trials) in ``tmp/mlflow.db``."""
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=smoke", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=smoke", "mlflow.plots=true",
+           f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
            f"hydra.sweep.dir={tmp}/multirun", f"hydra.sweeper.storage=sqlite:///{tmp}/optuna.db"]
     log = tmp / "sweep.log"
     with open(log, "wb") as f:

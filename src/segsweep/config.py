@@ -205,6 +205,7 @@ class MlflowConfig:
     tracking_uri: str = MISSING  # default sqlite:///<project root>/mlflow.db
     experiment_name: str = "segsweep"
     run_name: str | None = None
+    plots: bool = True  # the run's figures and the study summary's plots (matplotlib: ~2 s a run, ~10 s a study)
 
 
 @dataclass

@@ -215,7 +215,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         stop_workers(train_loader, val_loader)  # no loader worker outlives the run, however it ended
         for w in writers[:-1] if mlflow else writers:
             w.close()
-        figures = _plots(out_dir, result, list(criterion.weight_dict)) if main else []
+        figures = _plots(out_dir, result, list(criterion.weight_dict)) if main and typed.mlflow.plots else []
         if mlflow is not None:
             for path in figures:
                 mlflow.log_artifact(path, "plots")

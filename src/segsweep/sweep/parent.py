@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class StudyParentRun:
-    def __init__(self, client, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, plots: bool = True) -> None:
+        self.client, self.run_id, self.plots = client, run_id, plots
 
     @classmethod
     def open(cls, config: DictConfig, study: optuna.Study, storage: str, space: dict, fixed: dict,
@@ -23,6 +23,7 @@ class StudyParentRun:
         """The parent run of ``study`` (tagged ``segsweep.study``), created with the study's description."""
         uri = OmegaConf.select(config, "mlflow.tracking_uri")
         exp_name = OmegaConf.select(config, "mlflow.experiment_name")
+        plots = bool(OmegaConf.select(config, "mlflow.plots", default=True))
         client = open_client(uri)  # a new SQLite store is created under the store's lock
         # Created here, once, before any job starts: concurrent jobs then never race on a fresh store's schema.
         exp = retry(lambda: client.get_experiment_by_name(exp_name))
@@ -36,7 +37,7 @@ class StudyParentRun:
             client.update_run(run_id, status="RUNNING")
             for k, v in tags.items():
                 client.set_tag(run_id, k, v)
-            return cls(client, run_id)
+            return cls(client, run_id, plots)
         run = retry(lambda: client.create_run(exp_id, run_name=study.study_name, tags={
             "segsweep.role": "study", "segsweep.study": study.study_name, **tags}))
         sampler = OmegaConf.select(config, "hydra.sweeper.sampler._target_") or type(study.sampler).__name__
@@ -50,7 +51,7 @@ class StudyParentRun:
         params.update({f"space.{k}": str(v) for k, v in space.items()})
         params.update({f"fixed.{k}": str(v) for k, v in fixed.items()})
         log_params(client, run.info.run_id, params)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, plots)
 
     def fail_children(self, trials: list[optuna.trial.FrozenTrial], reason: str) -> None:
         """Mark the MLflow runs of trials whose job died as FAILED, with the reason (they stay RUNNING otherwise)."""
@@ -88,7 +89,8 @@ class StudyParentRun:
 
         try:
             self.link_retries(study)
-            write_study_summary(study, self.client, self.run_id, sweep_dir / "study_summary", stop_reason=stop_reason)
+            write_study_summary(study, self.client, self.run_id, sweep_dir / "study_summary", stop_reason=stop_reason,
+                                plots=self.plots)
         except Exception as e:  # a summary must never lose the study itself
             log.warning("could not write the study summary: %s", e)
 

@@ -151,7 +151,8 @@ def _real_vs_synthetic(client: MlflowClient, trials: list[FrozenTrial], names: l
 
 
 def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id: str, out_dir: Path,
-                        monitor_terms: tuple[str, ...] = ("ce", "dice"), stop_reason: str | None = None) -> list[Path]:
+                        monitor_terms: tuple[str, ...] = ("ce", "dice"), stop_reason: str | None = None,
+                        plots: bool = True) -> list[Path]:
     """Write ``trials.csv`` and the plots into ``out_dir``, log them under ``study/`` of the parent run, tag the
     parent with the best trial (or Pareto front), counts and ``stop_reason`` (also in ``stop_reason.txt``: why
     the study stopped asking), tag every complete child ``segsweep.best``;
@@ -166,9 +167,10 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
     if stop_reason:
         (out_dir / "stop_reason.txt").write_text(stop_reason + "\n")
         paths.append(out_dir / "stop_reason.txt")
-    paths += _optuna_plots(study, complete, names, out_dir)
-    rvs = _real_vs_synthetic(client, trials, names, monitor_terms, out_dir / "real_vs_synthetic.png")
-    paths += [rvs] if rvs else []
+    if plots:  # mlflow.plots=false: no Optuna plots, no curves (the tables, tags and report stay)
+        paths += _optuna_plots(study, complete, names, out_dir)
+        rvs = _real_vs_synthetic(client, trials, names, monitor_terms, out_dir / "real_vs_synthetic.png")
+        paths += [rvs] if rvs else []
 
     for p in paths:
         client.log_artifact(parent_run_id, str(p), artifact_path=ARTIFACT_PATH)
