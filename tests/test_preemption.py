@@ -105,6 +105,7 @@ def task_pids(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # the same requeue runs on the real SLURM cluster in test_slurm_study (USR2, sacct REQUEUED)
 def test_time_limit_signal_requeues_a_submitit_job_which_finishes_its_trial(tmp_path):
     sweep_dir = tmp_path / "multirun"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=smoke", "hydra/launcher=local_parallel",

@@ -113,6 +113,7 @@ def test_a_job_killed_outright_fails_its_trial_and_the_study_goes_on(tmp_path, s
     assert parent.data.tags["n_fail"] == "1"
 
 
+@pytest.mark.slow  # data-parallel training runs by default in test_distributed (torchrun, 2 CPU ranks)
 def test_a_trial_with_two_tasks_per_node_trains_data_parallel(tmp_path, slurm_cluster):
     proc = start_study(tmp_path, "hydra.launcher.tasks_per_node=2", "hydra.sweeper.n_trials=1",
                        "hydra.sweeper.n_jobs=1", "trainer.max_iters=6")
@@ -132,7 +133,7 @@ def test_a_restarted_sweeper_reattaches_to_live_jobs_and_retries_a_dead_one(tmp_
     # 2 SLURM jobs run; the sweeper is SIGKILLed, then one job's training step too (after its first checkpoint).
     # The same command again must wait for the live job's trial (not fail it), fail the dead one by its stale
     # heartbeat and retry it from its checkpoint, alongside the live one: each trial COMPLETE once.
-    extra = ("hydra.sweeper.n_trials=3", "trainer.max_iters=300", "trainer.checkpoint_every=10", "data.num_workers=1",
+    extra = ("hydra.sweeper.n_trials=3", "trainer.max_iters=450", "trainer.checkpoint_every=10", "data.num_workers=1",
              "study.heartbeat_interval=1", "study.grace_period=5",
              "study.enqueue=[{loss.ce_weight:0.6,dataset_mix.synthetic_loss_weight:0.5}]")
     proc = start_study(tmp_path, *extra)

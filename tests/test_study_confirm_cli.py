@@ -21,8 +21,9 @@ def cache_dir(tmp_path_factory):
 
 
 def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_dir):
-    proc = subprocess.Popen(command(tmp_path, *EXTRA), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "SEGSWEEP_CACHE": str(cache_dir)},
+    out = open(tmp_path / "sweep.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(command(tmp_path, *EXTRA), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "SEGSWEEP_CACHE": str(cache_dir)},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def confirmation_training():
@@ -34,6 +35,10 @@ def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_d
     finally:
         if proc.poll() is None:
             proc.kill()
+        out.close()
+    log = (tmp_path / "sweep.log").read_text()  # Ctrl-C: one line saying how to go on, no traceback
+    assert proc.returncode == 130 and "Traceback" not in log
+    assert "study interrupted (Ctrl-C); the same command resumes it" in log
     before = study(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in before if t.user_attrs.get("stage") == "confirm") < 4
 

@@ -147,8 +147,8 @@ class StudySweeper(Sweeper):
         log.info("study %r in %s: %d of %d trials done%s; MLflow parent run %s", study.study_name, storage,
                  n_counted(study), self.n_trials, " (resumed)" if resumed else "", parent.run_id)
         parent.fail_children(stale, "interrupted: the sweep stopped while it ran")
-        if resumed:
-            parent.summarise(study, self.sweep_dir)
+        # a resumed study's summary and report are rewritten when this sweep ends (below), not first: a
+        # re-attaching sweeper must watch its live trials' heartbeats at once, not draw plots for ~10 s
 
         def overrides(trial: optuna.Trial) -> Sequence[str]:
             (base,) = self.stock._configure_trials([trial], space, fixed, fixed_overrides)
