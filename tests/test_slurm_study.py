@@ -94,6 +94,7 @@ def test_study_runs_as_slurm_jobs_and_a_signalled_job_requeues_and_finishes(tmp_
     assert "REQUEUED" in state and state[-1] == "COMPLETED", state  # the job's two lives, per sacct
 
 
+@pytest.mark.slow  # a SLURM job killed outright runs by default in the re-attach test below (there retried)
 def test_a_job_killed_outright_fails_its_trial_and_the_study_goes_on(tmp_path, slurm_cluster):
     # no retry here (study.max_retries=0): the launcher's error fails the trial (submitit's sacct check, 17 s,
     # before the default 60 s heartbeat grace), and the other trial is waited for

@@ -185,6 +185,7 @@ def test_pruned_trial_is_recorded_as_pruned(tmp_path, cache_dir):
     assert parent.data.tags["n_pruned"] == "1"
 
 
+@pytest.mark.slow  # the Pareto summary is checked by default in test_sweep_summary (a study built in process)
 def test_multi_objective_study_records_the_pareto_front(tmp_path, cache_dir):
     sweep(tmp_path, cache_dir, "sweeps=pareto", "hydra/launcher=basic", "hydra.sweeper.study_name=smoke",
           "hydra.sweeper.n_trials=2", "weighting=none", *TINY)
@@ -198,6 +199,7 @@ def test_multi_objective_study_records_the_pareto_front(tmp_path, cache_dir):
     assert int(parent.data.tags["n_pareto"]) == len(s.best_trials)
 
 
+@pytest.mark.slow  # pruned trials in local job processes run by default in test_job_exit (with loader workers)
 def test_trials_in_local_subprocesses_prune_and_link_to_the_parent(tmp_path, cache_dir):
     sweep(tmp_path, cache_dir, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
           "pruner=threshold", "study.pruner.lower=0.99")
