@@ -39,6 +39,7 @@ def shown_value(text: str, metric: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.slow  # ~2 min with chromium on 2 cores: outside the 15-minute CI; python -m pytest -m ui
 def test_mlflow_ui_shows_study_children_and_split_monitors(sweep_store, tmp_path):
     require_chromium()  # before starting anything: a clear failure where the browser is missing
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep_store}")

@@ -211,6 +211,7 @@ def pgpass(postgres, tmp_path) -> Path:
     return postgres.write_pgpass(tmp_path / "pgpass")
 
 
+@pytest.mark.slow  # ~2 min on 2 cores: outside the 15-minute CI (the fresh-store SQLite race runs by default)
 def test_concurrent_trials_on_mlflow_server_and_optuna_in_postgres(postgres, pgpass, tmp_path, cache_dir,
                                                                    monkeypatch):
     """The production set-up: trial jobs at once, tracked through an ``mlflow server`` with a PostgreSQL backend
