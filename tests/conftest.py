@@ -30,14 +30,3 @@ def slurm_cluster(tmp_path_factory):
         else:
             os.environ["SLURM_CONF"] = saved
 
-
-# The long files first (minutes each, measured in CI), so that xdist's workers (one file at a time, in collection
-# order) end together instead of one of them running the last long file alone.
-LONG_FIRST = ("test_slurm_study.py", "test_study_async.py", "test_sweep.py", "test_shared_stores.py",
-              "test_study_confirm_cli.py", "test_mlflow_ui.py", "test_job_exit.py", "test_distributed.py",
-              "test_preemption.py", "test_train_e2e.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: file order kept otherwise

@@ -55,8 +55,7 @@ def best_search_trial(study: optuna.Study) -> FrozenTrial | None:
     """The search's best complete trial (single objective). Not ``study.best_trial``: a confirmation trial's value
     is one fresh seed's, and the luckiest of those is no search result; a study without a search (baselines
     only) falls back to all its trials."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = [t for t in done if not is_confirm(t)] or done
+    done = search_trials(study, (TrialState.COMPLETE,)) or confirm_trials(study, (TrialState.COMPLETE,))
     if not done:
         return None
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
