@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent
 def main(overrides: list[str]) -> None:
     """Print the table; a bad override, config value or data file ends with one line naming it (exit 1)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from segsweep.data.cityscapes import DatasetError
+    from segsweep.data.paired import DatasetError
 
     try:
         table(overrides)
@@ -49,15 +49,16 @@ def table(overrides: list[str]) -> None:
 
     from segsweep.class_weights import format_table
     from segsweep.data.build import build_train_val
-    from segsweep.data.labels import CLASS_NAMES
+    from segsweep.data.labels import label_set
     from segsweep.run import class_weights_for
 
-    _, _, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size, typed.trainer.seed,
-                                 pin_memory=False)
-    weights, counts = class_weights_for(typed, sets)
+    labels = label_set(typed.data.labels, typed.data.eval_classes)
+    tv = build_train_val(typed.data, typed.dataset_mix, labels, typed.trainer.batch_size, typed.trainer.seed,
+                         pin_memory=False)
+    weights, counts = class_weights_for(typed, tv, labels)
     print(f"class weights: method={typed.weighting.method} source={typed.weighting.source} "
           f"fraction={typed.weighting.fraction} data={typed.data.name}")
-    print(format_table(counts, weights, list(CLASS_NAMES)))
+    print(format_table(counts, weights, list(labels.classes)))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def make_batches(n: int, batch: int, crop: int, device: torch.device, real_ratio
         label = torch.randint(0, 19, (batch, crop, crop), generator=g)
         label[:, :4] = 255
         domain = torch.tensor([0] * n_real + [1] * (batch - n_real))
-        out.append({"image": torch.randn(batch, 3, crop, crop, generator=g), "label": label, "domain": domain,
+        out.append({"image": torch.randn(batch, 3, crop, crop, generator=g), "label": label, "source": domain,
                     "loss_weight": torch.where(domain == 0, 1.0, 0.5)})
     return [{k: v.to(device) for k, v in b.items()} for b in out]
 
@@ -58,7 +58,7 @@ def bare_loop(args, device, batches) -> float:
     t0 = time.perf_counter()
     for i in range(args.iters):
         b = batches[i % len(batches)]
-        loss = criterion(model(b["image"]), b["label"], b["loss_weight"], b["domain"]).total
+        loss = criterion(model(b["image"]), b["label"], b["loss_weight"], b["source"]).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

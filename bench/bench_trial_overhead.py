@@ -101,7 +101,7 @@ def main() -> None:
 
         def step():
             b = next(batches)
-            loss = crit(model(b["image"]), b["label"], b["loss_weight"], b["domain"]).total
+            loss = crit(model(b["image"]), b["label"], b["loss_weight"], b["source"]).total
             opt.zero_grad()
             loss.backward()
             opt.step()

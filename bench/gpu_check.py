@@ -170,7 +170,7 @@ def bare_loop(args, device, batches, loss: str) -> tuple[float, float | None]:
             if loss == "torchvision":
                 total = tv_criterion(out, b["label"])
         if loss != "torchvision":
-            total = criterion(out, b["label"], b["loss_weight"], b["domain"]).total
+            total = criterion(out, b["label"], b["loss_weight"], b["source"]).total
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -240,7 +240,7 @@ def _rect_batches(args, device):
         label[:, :4] = 255
         n_real = round(0.7 * args.batch)
         domain = torch.tensor([0] * n_real + [1] * (args.batch - n_real))
-        out.append({"image": torch.randn(args.batch, 3, h, w, generator=g), "label": label, "domain": domain,
+        out.append({"image": torch.randn(args.batch, 3, h, w, generator=g), "label": label, "source": domain,
                     "loss_weight": torch.where(domain == 0, 1.0, 0.5)})
     return [{k: v.to(device) for k, v in b.items()} for b in out]
 

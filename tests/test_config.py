@@ -73,7 +73,7 @@ def test_cross_field_rules():
         validate(composed("dataset_mix=real_only", "dataset_mix.real_ratio=0.5"))
     with pytest.raises(ConfigError, match="weighting.source"):
         validate(composed("dataset_mix=synthetic_only", "weighting.source=real"))
-    with pytest.raises(ConfigError, match="data.real_root"):
+    with pytest.raises(ConfigError, match="data.sources.cityscapes.root"):
         validate(composed("data=cityscapes_gta5", "data.real_root=null"))
 
 

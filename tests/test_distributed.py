@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from segsweep.config import register_configs, validate
 from segsweep.data.build import build_train_val
-from segsweep.data.labels import NUM_CLASSES
+from segsweep.data.labels import label_set
 from segsweep.engine.evaluate import evaluate
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.losses import SegmentationCriterion
+from segsweep.models import build_model
 from segsweep.run import class_weights_for, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +39,12 @@ def reference(tmp: Path) -> tuple[dict[int, dict[str, float]], float]:
     typed = validate(cfg)
     torch.set_num_threads(1)
     seed_everything(typed.trainer.seed)
-    model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
-    train_loader, val_loader, sets = build_train_val(typed.data, typed.dataset_mix, typed.trainer.batch_size,
-                                                     typed.trainer.seed, pin_memory=False)
-    class_weight, _ = class_weights_for(typed, sets)
+    labels = label_set(typed.data.labels)
+    model = build_model(typed.model)
+    tv = build_train_val(typed.data, typed.dataset_mix, labels, typed.trainer.batch_size, typed.trainer.seed,
+                         pin_memory=False)
+    train_loader, val_loader = tv.train_loader, tv.val_loader
+    class_weight, _ = class_weights_for(typed, tv, labels)
     criterion = SegmentationCriterion.from_config(typed.loss, typed.dataset_mix, class_weight)
     optimizer = build_optimizer(model, typed.optim)
     scheduler = build_scheduler(optimizer, typed.trainer.max_iters, typed.optim)
@@ -54,7 +56,7 @@ def reference(tmp: Path) -> tuple[dict[int, dict[str, float]], float]:
         for rank in (0, 1):
             batch = next(batches)
             kept = [b.clone() for b in model.buffers()]
-            out = criterion(model(batch["image"]), batch["label"], batch["loss_weight"], batch["domain"])
+            out = criterion(model(batch["image"]), batch["label"], batch["loss_weight"], batch["source"])
             (out.total / 2).backward()  # DDP averages the ranks' gradients
             if rank == 1:  # rank 1's running statistics never reach rank 0's model
                 for b, k in zip(model.buffers(), kept):
@@ -74,7 +76,7 @@ def reference(tmp: Path) -> tuple[dict[int, dict[str, float]], float]:
             if c:
                 m[f"train/{k}"] = s / c
         logged[step] = m
-    return logged, evaluate(model, val_loader, NUM_CLASSES, torch.device("cpu")).miou
+    return logged, evaluate(model, val_loader, labels.num_classes, torch.device("cpu")).miou
 
 
 def test_two_ranks_log_what_one_process_computes_on_the_same_samples(tmp_path):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import torch
 
+from segsweep.data.labels import LabelSet
 from segsweep.engine.evaluate import EvalResult, confusion_update
 
 
@@ -41,6 +42,6 @@ def test_class_absent_from_ground_truth_is_not_averaged():
     r = EvalResult(conf)
     assert r.iou[2] == 0.0
     assert math.isclose(r.miou, (3 / 4 + 2 / 2) / 2)
-    metrics = r.metrics(["a", "b", "c"], rare=(2,))
+    metrics = r.metrics(LabelSet.of(["a", "b", "c"], rare=("c",)))
     assert math.isnan(metrics["val/mIoU_rare"])
     assert metrics["val/IoU/c"] == 0.0 and math.isclose(metrics["val/IoU/a"], 0.75)

@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import segsweep.engine.trainer as trainer_module
 from segsweep.config import OptimConfig, TrainerConfig, register_configs
+from segsweep.data.labels import LabelSet
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
@@ -30,7 +31,7 @@ from segsweep.run import run
 from segsweep.tracking.storage import MetricAccumulator
 
 C = 5
-NAMES = [str(c) for c in range(C)]
+NAMES = LabelSet.of([str(c) for c in range(C)])
 CLASS_WEIGHT = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8])
 LOSS = dict(ce_weight=0.6, dice_weight=0.4, aux_weight=0.4, smooth=1.0)
 
@@ -42,7 +43,7 @@ def make_batches(n: int = 4, b: int = 4, size: int = 16) -> list[dict[str, torch
         label = torch.randint(0, C, (b, size, size), generator=g)
         label[:, :3] = 255  # some ignored pixels
         out.append({"image": torch.randn(b, 3, size, size, generator=g), "label": label,
-                    "domain": torch.tensor([0, 0, 1, 1]), "loss_weight": torch.tensor([1.0, 1.0, 0.5, 0.5])})
+                    "source": torch.tensor([0, 0, 1, 1]), "loss_weight": torch.tensor([1.0, 1.0, 0.5, 0.5])})
     return out
 
 
@@ -147,7 +148,7 @@ def test_compiled_fused_loss_gradients_match_a_float64_reference():
     label = b["label"].clone()
     label[1] = 255  # a sample without any valid pixel is left out of N
     criterion = torch.compile(SegmentationCriterion(class_weight=CLASS_WEIGHT, num_classes=C, **LOSS))
-    loss = criterion({"out": out, "aux": [aux]}, label, b["loss_weight"], b["domain"])
+    loss = criterion({"out": out, "aux": [aux]}, label, b["loss_weight"], b["source"])
     loss.total.backward()
     out64, aux64 = out.detach().double().requires_grad_(), aux.detach().double().requires_grad_()
     ref = reference_total({"out": out64, "aux": [aux64]}, label, b["loss_weight"])

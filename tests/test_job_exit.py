@@ -28,7 +28,7 @@ TINY = ["trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=3", "t
 def corrupt_cache(cache: Path) -> Path:
     """A toycity cache whose synthetic images are all truncated (PNG headers intact, so only decoding fails, in
     a loader worker, at the first batch); returns their directory."""
-    _, gta = ensure_toycity(cache, SMALL)
+    gta = ensure_toycity(cache, SMALL)["gta5"]
     for image in (gta / "images").iterdir():
         data = image.read_bytes()
         image.write_bytes(data[: len(data) // 2])

@@ -1,4 +1,8 @@
-"""Cityscapes/GTA5 loaders and transforms, on small fixtures written here with PIL (not via ToyCity)."""
+"""Cityscapes/GTA5 loaders and transforms, on small fixtures written here with PIL (not via ToyCity).
+
+The datasets are built as a run builds them (``sources.open_source`` with the cityscapes19 label set), so the
+layouts' default tables are what is checked.
+"""
 
 import re
 from pathlib import Path
@@ -6,14 +10,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError, IdAudit, png_size
+from segsweep.config import SourceConfig
+from segsweep.data.cityscapes import CityscapesSegmentation
 from segsweep.data.gta5 import GTA5Segmentation
+from segsweep.data.labels import UnknownAudit, label_set
+from segsweep.data.paired import DatasetError, png_size
+from segsweep.data.sources import open_source
 from segsweep.data.transforms import EvalTransform, TrainTransform, to_tensor
 
 IDS = np.array([[7, 8, 26, 33], [0, 6, 1, 23], [21, 24, 25, 31]], np.uint8)  # Cityscapes label ids
 TRAIN_IDS = np.array([[0, 1, 13, 18], [255, 255, 255, 10], [8, 11, 12, 16]])  # the same, mapped by hand
+CS19 = label_set(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "labels" / "cityscapes19.yaml"))
+
+
+def open_cityscapes(root, split, resize=None, skip_mismatched=False):
+    return open_source("real", SourceConfig(domain="real", layout="cityscapes", root=str(root)), Path(root), split,
+                       CS19, resize, skip_mismatched)
+
+
+def open_gta5(root, resize=None, skip_mismatched=False):
+    return open_source("synthetic", SourceConfig(domain="synthetic", layout="gta5", root=str(root)), Path(root),
+                       "train", CS19, resize, skip_mismatched)
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -48,7 +68,8 @@ def _gta5(root: Path, ids: np.ndarray, n: int = 2) -> None:
 
 def test_cityscapes_label_ids_are_mapped(tmp_path):
     images = _cityscapes(tmp_path)
-    ds = CityscapesSegmentation(tmp_path, "train")
+    ds = open_cityscapes(tmp_path, "train")
+    assert isinstance(ds, CityscapesSegmentation)
     assert len(ds) == 2 and [p.name for p in ds.label_paths] == [
         "oz_000000_000019_gtFine_labelIds.png", "oz_000001_000019_gtFine_labelIds.png"]
     s = ds[1]
@@ -64,15 +85,15 @@ def test_cityscapes_prefers_label_train_ids(tmp_path):
     train_ids = np.full(IDS.shape, 13, np.uint8)
     train_ids[0, 0] = 255
     _cityscapes(tmp_path, train_ids=train_ids)
-    ds = CityscapesSegmentation(tmp_path, "train")
+    ds = open_cityscapes(tmp_path, "train")
     assert all(p.name.endswith("_gtFine_labelTrainIds.png") for p in ds.label_paths)
     assert ds[0]["label"].tolist() == train_ids.tolist()
 
 
 def test_gta5_reads_palette_indices(tmp_path):
     _gta5(tmp_path, IDS)
-    ds = GTA5Segmentation(tmp_path)
-    assert len(ds) == 2
+    ds = open_gta5(tmp_path)
+    assert isinstance(ds, GTA5Segmentation) and len(ds) == 2
     assert ds[0]["label"].tolist() == TRAIN_IDS.tolist()
     assert ds.load_label(1).tolist() == TRAIN_IDS.tolist()
 
@@ -80,7 +101,7 @@ def test_gta5_reads_palette_indices(tmp_path):
 def test_resize(tmp_path):
     ids = np.kron(np.array([[7, 26], [23, 8]], np.uint8), np.ones((4, 6), np.uint8))  # 8x12 in 4x6 blocks
     _cityscapes(tmp_path, ids=ids, n=1)
-    ds = CityscapesSegmentation(tmp_path, "train", resize=[4, 6])
+    ds = open_cityscapes(tmp_path, "train", resize=[4, 6])
     s = ds[0]
     assert to_tensor(s["image"]).shape == (3, 4, 6) and s["label"].shape == (4, 6)
     expected = np.kron(np.array([[0, 13], [10, 1]]), np.ones((2, 3), np.int64))
@@ -90,12 +111,12 @@ def test_resize(tmp_path):
 
 def test_fingerprint(tmp_path):
     _cityscapes(tmp_path)
-    a, b = CityscapesSegmentation(tmp_path, "train"), CityscapesSegmentation(tmp_path, "train")
+    a, b = open_cityscapes(tmp_path, "train"), open_cityscapes(tmp_path, "train")
     before = a.fingerprint()
     assert before == b.fingerprint() and len(before) >= 8
-    assert CityscapesSegmentation(tmp_path, "train", resize=[2, 2]).fingerprint() != before
+    assert open_cityscapes(tmp_path, "train", resize=[2, 2]).fingerprint() != before
     Image.fromarray(np.full((3, 4), 8, np.uint8)).save(a.label_paths[0])  # a changed label file
-    assert CityscapesSegmentation(tmp_path, "train").fingerprint() != before
+    assert open_cityscapes(tmp_path, "train").fingerprint() != before
 
 
 def _raises(path: Path, fn, *args):
@@ -104,28 +125,28 @@ def _raises(path: Path, fn, *args):
 
 
 def test_missing_directories(tmp_path):
-    _raises(tmp_path / "nope", CityscapesSegmentation, tmp_path / "nope", "train")
+    _raises(tmp_path / "nope", open_cityscapes, tmp_path / "nope", "train")
     _cityscapes(tmp_path)
-    _raises(tmp_path / "leftImg8bit" / "val", CityscapesSegmentation, tmp_path, "val")
-    _raises(tmp_path / "nope", GTA5Segmentation, tmp_path / "nope")
+    _raises(tmp_path / "leftImg8bit" / "val", open_cityscapes, tmp_path, "val")
+    _raises(tmp_path / "nope", open_gta5, tmp_path / "nope")
     (tmp_path / "g" / "images").mkdir(parents=True)
-    _raises(tmp_path / "g" / "labels", GTA5Segmentation, tmp_path / "g")
+    _raises(tmp_path / "g" / "labels", open_gta5, tmp_path / "g")
 
 
 def test_no_images(tmp_path):
     (tmp_path / "leftImg8bit" / "train" / "oz").mkdir(parents=True)
     (tmp_path / "gtFine" / "train" / "oz").mkdir(parents=True)
-    _raises(tmp_path / "leftImg8bit" / "train", CityscapesSegmentation, tmp_path, "train")
+    _raises(tmp_path / "leftImg8bit" / "train", open_cityscapes, tmp_path, "train")
 
 
 def test_missing_label_is_found_at_construction(tmp_path):
     _cityscapes(tmp_path)
     missing = tmp_path / "gtFine" / "train" / "oz" / "oz_000001_000019_gtFine_labelIds.png"
     missing.unlink()
-    _raises(missing, CityscapesSegmentation, tmp_path, "train")
+    _raises(missing, open_cityscapes, tmp_path, "train")
     _gta5(tmp_path / "g", IDS)
     (tmp_path / "g" / "labels" / "00002.png").unlink()
-    _raises(tmp_path / "g" / "labels" / "00002.png", GTA5Segmentation, tmp_path / "g")
+    _raises(tmp_path / "g" / "labels" / "00002.png", open_gta5, tmp_path / "g")
 
 
 def test_size_mismatches_are_listed_at_construction(tmp_path):
@@ -135,20 +156,20 @@ def test_size_mismatches_are_listed_at_construction(tmp_path):
     for img in bad:
         Image.fromarray(_rgb(4, 4)).save(img)
     with pytest.raises(DatasetError) as e:
-        CityscapesSegmentation(tmp_path, "train")
+        open_cityscapes(tmp_path, "train")
     msg = str(e.value)
     assert "2 of 3 image/label pairs" in msg and all(str(img) in msg for img in bad)
     assert "4x4 vs" in msg and "data.skip_mismatched" in msg
     assert "oz_000001" not in msg
-    ds = CityscapesSegmentation(tmp_path, "train", skip_mismatched=True)
+    ds = open_cityscapes(tmp_path, "train", skip_mismatched=True)
     assert [p.name for p in ds.image_paths] == ["oz_000001_000019_leftImg8bit.png"]
     assert [p.name for p in ds.label_paths] == ["oz_000001_000019_gtFine_labelIds.png"]
     assert ds[0]["label"].tolist() == TRAIN_IDS.tolist()
     # GTA5: a label a few pixels off, as in the full release
     _gta5(tmp_path / "g", IDS, n=2)
     Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "g" / "labels" / "00002.png")
-    _raises(tmp_path / "g" / "images" / "00002.png", GTA5Segmentation, tmp_path / "g")
-    assert len(GTA5Segmentation(tmp_path / "g", skip_mismatched=True)) == 1
+    _raises(tmp_path / "g" / "images" / "00002.png", open_gta5, tmp_path / "g")
+    assert len(open_gta5(tmp_path / "g", skip_mismatched=True)) == 1
 
 
 def test_png_size_reads_the_header_only(tmp_path):
@@ -163,7 +184,7 @@ def test_png_size_reads_the_header_only(tmp_path):
 def test_size_mismatch_when_loaded(tmp_path):
     """Second line of defence (a file replaced after the dataset was built)."""
     _cityscapes(tmp_path)
-    ds = CityscapesSegmentation(tmp_path, "train")
+    ds = open_cityscapes(tmp_path, "train")
     img = tmp_path / "leftImg8bit" / "train" / "oz" / "oz_000001_000019_leftImg8bit.png"
     Image.fromarray(_rgb(4, 4)).save(img)
     ds[0]
@@ -172,7 +193,7 @@ def test_size_mismatch_when_loaded(tmp_path):
 
 def test_corrupt_files(tmp_path):
     _cityscapes(tmp_path)
-    ds = CityscapesSegmentation(tmp_path, "train")
+    ds = open_cityscapes(tmp_path, "train")
     ds.label_paths[0].write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     _raises(ds.label_paths[0], ds.load_label, 0)
     good = ds.image_paths[1].read_bytes()
@@ -190,26 +211,27 @@ def test_ids_outside_the_table_are_ignored_and_counted(tmp_path):
     _cityscapes(tmp_path / "c", ids=plain, n=3)
     expected = TRAIN_IDS.copy()
     expected[0, 0] = expected[2, 3] = 255
-    g = GTA5Segmentation(tmp_path / "g")
+    g = open_gta5(tmp_path / "g")
     assert g[0]["label"].tolist() == expected.tolist()
-    audit = IdAudit()
+    audit = UnknownAudit()
     assert g.load_label(1, audit).tolist() == expected.tolist()
     g.load_label(0, audit)
     assert (audit.pixels, audit.files, audit.read, audit.values) == (4, 2, 2, {34})
     line = audit.describe("synthetic labels")
-    assert line.startswith("synthetic labels: 4 pixels in 2 of 2 label files hold values [34]") and "licence" in line
-    c, audit = CityscapesSegmentation(tmp_path / "c", "train"), IdAudit()
+    assert line.startswith("synthetic labels: 4 pixels in 2 of 2 label files hold values [34]")
+    assert line.endswith("they are ignored (255)")
+    c, audit = open_cityscapes(tmp_path / "c", "train"), UnknownAudit()
     for i in range(3):
         assert c.load_label(i, audit)[1, 1] == 255
     assert (audit.pixels, audit.files, audit.read, audit.values) == (3, 3, 3, {200})
-    assert IdAudit().describe("x") is None
+    assert UnknownAudit().describe("x") is None
 
 
 def test_bad_train_id_values(tmp_path):
     bad_train = np.zeros(IDS.shape, np.uint8)
     bad_train[1, 1] = 19  # trainIds must be 0..18 or 255
     _cityscapes(tmp_path / "b", train_ids=bad_train)
-    ds = CityscapesSegmentation(tmp_path / "b", "train")
+    ds = open_cityscapes(tmp_path / "b", "train")
     with pytest.raises(DatasetError, match=r"\[19\]"):
         ds.load_label(0)
     _raises(ds.label_paths[0], ds.__getitem__, 0)
@@ -219,7 +241,7 @@ def test_gta5_rgb_label_is_refused(tmp_path):
     _gta5(tmp_path, IDS)
     Image.fromarray(_rgb(*IDS.shape)).save(tmp_path / "labels" / "00002.png")
     with pytest.raises(DatasetError, match="mode 'RGB'"):
-        GTA5Segmentation(tmp_path).load_label(1)
+        open_gta5(tmp_path).load_label(1)
 
 
 # ----------------------------------------------------------------------------------------------- transforms

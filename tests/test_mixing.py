@@ -1,13 +1,17 @@
 """Fixed-ratio mixed batches, domain-tagged samples, and the train/val loaders built from the configs."""
 
 import itertools
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from segsweep.config import DataConfig, DatasetMixConfig, ToyCityConfig
+from segsweep.config import DataConfig, DatasetMixConfig, LabelSetConfig, SourceConfig, ToyCityConfig
 from segsweep.data.build import build_train_val
-from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler, real_per_batch
+from segsweep.data.labels import label_set
+from segsweep.data.mixing import MixedBatchSampler, SourceBatchSampler, SourceDataset, real_per_batch
 
 
 def _batches(sampler, n):
@@ -79,10 +83,34 @@ def test_finite_length():
 def test_empty_domains():
     assert all(i < 3 for b in _batches(MixedBatchSampler(3, 0, 4, 1.0, seed=0), 5) for i in b)
     assert all(i >= 0 for b in _batches(MixedBatchSampler(0, 3, 4, 0.0, seed=0), 5) for i in b)
-    with pytest.raises(ValueError, match="synthetic dataset is empty"):
+    with pytest.raises(ValueError, match="source 1 is to give 2 samples per batch of 4, but its dataset is empty"):
         MixedBatchSampler(3, 0, 4, 0.5, seed=0)
-    with pytest.raises(ValueError, match="real dataset is empty"):
+    with pytest.raises(ValueError, match="source 0 is to give 2 samples .* empty"):
         MixedBatchSampler(0, 3, 4, 0.5, seed=0)
+
+
+def test_three_sources_keep_their_counts_streams_and_offsets():
+    # sizes 4, 3, 5; 3 + 1 + 2 per batch; offsets 0, 4, 7
+    s = SourceBatchSampler([4, 3, 5], [3, 1, 2], seed=5)
+    batches = _batches(s, 10)
+    for b in batches:
+        assert all(0 <= i < 4 for i in b[:3]) and 4 <= b[3] < 7 and all(7 <= i < 12 for i in b[4:])
+    # each source walks its own permutation: every pass over source 0 (4 samples) holds each index once
+    firsts = [i for b in batches for i in b[:3]][:8]
+    assert sorted(firsts[:4]) == [0, 1, 2, 3] and sorted(firsts[4:8]) == [0, 1, 2, 3]
+    # a source's stream is seeded by its position in data.sources, not by which others are trained: source 2
+    # alone (stream key 2) draws what it draws beside the others
+    alone = _batches(SourceBatchSampler([5], [2], seed=5, streams=[2]), 10)
+    assert [[i - 7 for i in b[4:]] for b in batches] == alone
+    # the two-source sampler (real first) draws what it drew before N sources: real from the permutations of
+    # rng([seed, 0]), synthetic from rng([seed, 1]) offset by n_real
+    def stream(n, key):
+        rng = np.random.default_rng([2, key])
+        while True:
+            yield from rng.permutation(n).tolist()
+    real, syn = stream(4, 0), stream(5, 1)
+    expected = [[next(real) for _ in range(3)] + [4 + next(syn) for _ in range(2)] for _ in range(6)]
+    assert _batches(MixedBatchSampler(4, 5, 5, 0.6, seed=2), 6) == expected
 
 
 class _Fake:
@@ -97,48 +125,57 @@ def test_domain_dataset_fields():
     def tf(s, generator=None):
         return s
 
-    real = DomainDataset(_Fake(), REAL, 1.0, tf)[1]
-    assert real["domain"] == 0 and real["loss_weight"] == 1.0 and real["label"].tolist() == [[1, 1], [1, 1]]
-    syn = DomainDataset(_Fake(), SYNTHETIC, 0.0, tf)[0]
-    assert syn["domain"] == 1 and syn["loss_weight"] == 0.0  # weight 0 is still the synthetic domain
+    real = SourceDataset(_Fake(), 0, 1.0, tf)[1]
+    assert real["source"] == 0 and real["loss_weight"] == 1.0 and real["label"].tolist() == [[1, 1], [1, 1]]
+    syn = SourceDataset(_Fake(), 1, 0.0, tf)[0]
+    assert syn["source"] == 1 and syn["loss_weight"] == 0.0  # weight 0 is still the synthetic source
     with pytest.raises(ValueError):
-        DomainDataset(_Fake(), 2, 1.0, tf)
+        SourceDataset(_Fake(), -1, 1.0, tf)
+
+
+LABELS_CFG = LabelSetConfig(**OmegaConf.to_container(
+    OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/data/labels/cityscapes19.yaml")))
+LABELS = label_set(LABELS_CFG)
 
 
 def _data_cfg(tmp_path, workers=0):
     return DataConfig(name="toycity", cache_dir=str(tmp_path), num_workers=workers, val_batch_size=2,
+                      labels=LABELS_CFG, sources={"real": SourceConfig(domain="real", layout="cityscapes"),
+                                                  "synthetic": SourceConfig(domain="synthetic", layout="gta5")},
                       toycity=ToyCityConfig(seed=0, height=32, width=64, n_real_train=6, n_real_val=3, n_synthetic=5),
                       crop_size=[24, 24], scale_range=[0.75, 1.5])
 
 
 def test_build_train_val_on_tiny_toycity(tmp_path):
     mix = DatasetMixConfig(name="mixed", real_ratio=0.5, real_loss_weight=1.0, synthetic_loss_weight=0.0)
-    train, val, info = build_train_val(_data_cfg(tmp_path), mix, batch_size=4, seed=0, pin_memory=False)
-    assert len(info["real_train"]) == 6 and len(info["synthetic"]) == 5 and len(info["real_val"]) == 3
+    tv = build_train_val(_data_cfg(tmp_path), mix, LABELS, batch_size=4, seed=0, pin_memory=False)
+    train, val = tv.train_loader, tv.val_loader
+    assert len(tv.trained["real"]) == 6 and len(tv.trained["synthetic"]) == 5 and len(tv.val) == 3
     batch = next(iter(train))
     assert batch["image"].shape == (4, 3, 24, 24) and batch["image"].dtype == torch.float32
     assert batch["label"].shape == (4, 24, 24) and batch["label"].dtype == torch.int64
-    assert batch["domain"].tolist() == [0, 0, 1, 1] and batch["domain"].dtype == torch.int64
+    assert batch["source"].tolist() == [0, 0, 1, 1] and batch["source"].dtype == torch.int64
     assert batch["loss_weight"].dtype == torch.float32 and batch["loss_weight"].tolist() == [1.0, 1.0, 0.0, 0.0]
     labels = set(batch["label"].unique().tolist())
     assert labels <= set(range(19)) | {255} and len(labels) > 3
     val_batches = list(val)
     assert [b["image"].shape[0] for b in val_batches] == [2, 1]  # one ordered pass over the real val split
     assert val_batches[0]["image"].shape[1:] == (3, 32, 64)
-    assert all(b["domain"].tolist() == [0] * len(b["domain"]) for b in val_batches)
+    assert all(b["source"].tolist() == [0] * len(b["source"]) for b in val_batches)
 
     torch.manual_seed(0)
-    a = next(iter(build_train_val(_data_cfg(tmp_path), mix, 4, seed=0, pin_memory=False)[0]))
+    a = next(iter(build_train_val(_data_cfg(tmp_path), mix, LABELS, 4, seed=0, pin_memory=False).train_loader))
     torch.manual_seed(0)
-    b = next(iter(build_train_val(_data_cfg(tmp_path), mix, 4, seed=0, pin_memory=False)[0]))
+    b = next(iter(build_train_val(_data_cfg(tmp_path), mix, LABELS, 4, seed=0, pin_memory=False).train_loader))
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])  # reproducible crops
 
 
 def test_build_real_only_with_a_worker(tmp_path):
     mix = DatasetMixConfig(name="real_only", real_ratio=1.0)
-    train, _, info = build_train_val(_data_cfg(tmp_path, workers=1), mix, batch_size=3, seed=1, pin_memory=False)
-    assert info["synthetic"] is None
+    tv = build_train_val(_data_cfg(tmp_path, workers=1), mix, LABELS, batch_size=3, seed=1, pin_memory=False)
+    train = tv.train_loader
+    assert list(tv.trained) == ["real"]
     it = iter(train)
     batches = [next(it) for _ in range(3)]
-    assert all(b["domain"].tolist() == [0, 0, 0] for b in batches)
+    assert all(b["source"].tolist() == [0, 0, 0] for b in batches)
     assert batches[0]["image"].shape == (3, 3, 24, 24)

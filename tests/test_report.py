@@ -22,6 +22,10 @@ def t2_cdf(t):
     return 0.5 + t / (2 * math.sqrt(2 + t * t))
 
 
+# the study's label set as segsweep.seeds records it: the report's class order and rare marks come from here
+LABELS = {"classes": ["road", "car", "person", "bicycle"], "rare": ["bicycle"]}
+
+
 def iou(scale, person):
     return {"road": 0.9 * scale, "car": 0.7 * scale, "person": person, "bicycle": person / 2}
 
@@ -63,6 +67,7 @@ def make_study(storage, name="hand"):
             study.add_trial(create_trial(
                 params=params, distributions=dists, value=v,
                 user_attrs={"stage": "confirm", "seeds": [1000 + j], "confirm_config": label, "confirm_kind": kind,
+                            "labels": LABELS,
                             "confirm_id": cid, "confirm_key": f"{cid}@{s}", "overrides": overrides,
                             "seed_values": {s: v}, "seed_iou": {s: iou(v / 0.64, person + j / 100)},
                             "seed_monitors": {s: {"ce_real": 0.30 + j / 100, "ce_synthetic": 0.42 + j / 100}}}))

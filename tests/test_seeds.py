@@ -63,10 +63,10 @@ def test_seed_gives_every_configuration_the_same_start_batches_and_augmentations
     for x, y, z in zip(a["batches"], b["batches"], c["batches"]):
         assert torch.equal(x["image"], y["image"])  # same samples, same crops, scales and flips
         assert torch.equal(x["label"], y["label"])
-        assert torch.equal(x["domain"], y["domain"])
+        assert torch.equal(x["source"], y["source"])
         assert not torch.equal(x["loss_weight"], y["loss_weight"])  # the configurations do differ
         assert not torch.equal(x["image"], z["image"])
-    assert sorted(a["batches"][0]["domain"].tolist()) == [0, 0, 0, 1]  # mixed batches (real ratio 0.7 of 4)
+    assert sorted(a["batches"][0]["source"].tolist()) == [0, 0, 0, 1]  # mixed batches (real ratio 0.7 of 4)
 
 
 def test_search_seeds():

@@ -1,23 +1,34 @@
-"""ToyCity: determinism, file layouts, class balance, domain gap, and the atomic once-only cache."""
+"""ToyCity: determinism, file layouts, class balance, domain gap, the SYNTHIA copy, and the atomic once-only
+cache."""
 
+import dataclasses
 import multiprocessing
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from segsweep.config import ToyCityConfig
+from segsweep.config import ConfigError, SourceConfig, ToyCityConfig
 from segsweep.data import toycity
-from segsweep.data.cityscapes import DatasetError
+from segsweep.data.labels import label_set
+from segsweep.data.paired import DatasetError
+from segsweep.data.sources import open_source
 from segsweep.data.toycity import ensure_toycity, generate
 
 TINY = ToyCityConfig(seed=1, height=32, width=64, n_real_train=4, n_real_val=2, n_synthetic=3)
 # Cityscapes ids -> trainIds for the classes below, written out by hand (independent of labels.py).
 TRAIN_ID_OF = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
                27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CS19 = label_set(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "labels" / "cityscapes19.yaml"))
+
+
+def _open(name: str, layout: str, root: Path, split: str = "train"):
+    return open_source(name, SourceConfig(layout=layout, root=str(root)), root, split, CS19, None, False)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -92,7 +103,8 @@ def test_synthetic_cars_carry_licence_plates(medium):
     assert with_plate >= len(list(gta.iterdir())) // 4
     for path in (medium / "cityscapes" / "gtFine").glob("*/*/*.png"):
         assert np.asarray(Image.open(path)).max() < 34
-    ds = GTA5Segmentation(medium / "gta5")
+    ds = _open("synthetic", "gta5", medium / "gta5")
+    assert isinstance(ds, GTA5Segmentation)
     k = next(i for i, p in enumerate(ds.label_paths) if (np.asarray(Image.open(p)) == 34).any())
     raw = np.asarray(Image.open(ds.label_paths[k]))
     assert (ds.load_label(k)[raw == 34] == 255).all()
@@ -135,8 +147,85 @@ def test_domain_gap(medium):
     assert real_road.std(0).mean() > 5 and syn_road.std(0).mean() > 5
 
 
+# Cityscapes id -> SYNTHIA-RAND-CITYSCAPES id of the same class (from SYNTHIA's README, written out by hand) for
+# every id a synthetic ToyCity scene holds; parking (9), rail track (10) have no SYNTHIA id and terrain (22),
+# truck (27), train (31) never occur in SYNTHIA's files: void (0).
+SYNTHIA_OF = {0: 0, 7: 3, 8: 4, 9: 0, 10: 0, 11: 2, 12: 21, 13: 5, 17: 7, 19: 15, 20: 9, 21: 6, 22: 0, 23: 1, 24: 10,
+              25: 17, 26: 8, 27: 0, 28: 19, 31: 0, 32: 12, 33: 11}
+DYNAMIC = [24, 25, 26, 27, 28, 32, 33]  # person, rider, car, truck, bus, motorcycle, bicycle: instance ids in G
+WITH_SYNTHIA = dataclasses.replace(TINY, n_synthia=3)
+
+
+def test_n_synthia_is_checked():
+    assert ToyCityConfig().n_synthia == 0
+    with pytest.raises(ConfigError, match=re.escape("data.toycity.n_synthia")):
+        ToyCityConfig(n_synthia=-1)
+
+
+def test_synthia_copy_leaves_the_other_files_unchanged(tmp_path):
+    roots = ensure_toycity(tmp_path / "cache", WITH_SYNTHIA)
+    target = roots["synthia"].parent
+    assert roots == {k: target / k for k in ("cityscapes", "gta5", "synthia")}
+    assert target != toycity.toycity_dir(tmp_path / "cache", TINY)  # another config, another directory
+    published = {k: v for k, v in _files(target).items() if k not in ("COMPLETE", "meta.json")}
+    assert sorted(k for k in published if k.startswith("synthia/")) == [
+        f"synthia/{d}/{i:05d}.png" for d in ("GT/LABELS", "RGB") for i in (1, 2, 3)]
+    generate(tmp_path / "plain", TINY)  # the same seed without a SYNTHIA copy
+    assert {k: v for k, v in published.items() if not k.startswith("synthia/")} == _files(tmp_path / "plain")
+
+
+@pytest.fixture(scope="module")
+def synthia(tmp_path_factory) -> tuple[Path, ToyCityConfig]:
+    cfg = ToyCityConfig(seed=3, height=64, width=128, n_real_train=1, n_real_val=1, n_synthetic=1, n_synthia=10)
+    root = tmp_path_factory.mktemp("synthia")
+    generate(root, cfg)
+    return root / "synthia", cfg
+
+
+def _drawn(cfg: ToyCityConfig, i: int):
+    """SYNTHIA image i's scene as the generator draws it (its own random stream, 3), and the rest of the stream."""
+    rng = np.random.default_rng([cfg.seed, 3, i])
+    return toycity.draw_scene(rng, cfg.height, cfg.width, True, force_train=i % 23 == 11, plates=False), rng
+
+
+def test_synthia_labels_are_16_bit_synthia_ids(synthia):
+    root, cfg = synthia
+    terrain = dynamic = 0
+    for i in range(cfg.n_synthia):
+        name = f"{i + 1:05d}.png"
+        scene, rng = _drawn(cfg, i)
+        with Image.open(root / "RGB" / name) as im:
+            assert im.mode == "RGB" and im.size == (cfg.width, cfg.height)
+            assert np.array_equal(np.asarray(im), toycity.render(scene, rng, True))  # _drawn is that file's scene
+        raw = cv2.imread(str(root / "GT" / "LABELS" / name), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and raw.shape == (cfg.height, cfg.width, 3)
+        r, g, b = raw[..., 2], raw[..., 1], raw[..., 0]  # OpenCV orders B, G, R
+        expected = np.vectorize(SYNTHIA_OF.__getitem__)(scene.lab)  # KeyError: an id the table above lacks
+        assert np.array_equal(r, expected), name
+        assert not np.isin(r, [16, 18, 20]).any()  # terrain, truck, train: never in SYNTHIA files
+        moving = np.isin(scene.lab, DYNAMIC)
+        assert (g[~moving] == 0).all() and (g[moving] > 0).all() and (b == 0).all()
+        terrain, dynamic = terrain + int((scene.lab == 22).sum()), dynamic + len(np.unique(g[moving]))
+    assert terrain > 0 and dynamic > 1  # the checks above saw void terrain and several instances
+
+
+def test_synthia_copy_loads_as_train_ids(synthia):
+    from segsweep.data.synthia import SynthiaSegmentation
+
+    root, cfg = synthia
+    ds = _open("synthia", "synthia", root)
+    assert isinstance(ds, SynthiaSegmentation) and len(ds) == cfg.n_synthia
+    train_id = {k: v for k, v in TRAIN_ID_OF.items() if k not in (22, 27, 31)}  # void in SYNTHIA: ignored
+    for i in (0, 1):
+        expected = np.vectorize(lambda k: train_id.get(k, 255))(_drawn(cfg, i)[0].lab)
+        assert ds.load_label(i).tolist() == expected.tolist()
+        assert ds[i]["label"].tolist() == expected.tolist()
+
+
 def test_ensure_generates_once_and_reuses(tmp_path, monkeypatch):
-    cs, gta = ensure_toycity(tmp_path, TINY)
+    roots = ensure_toycity(tmp_path, TINY)
+    assert sorted(roots) == ["cityscapes", "gta5"]  # no SYNTHIA copy unless n_synthia > 0
+    cs, gta = roots["cityscapes"], roots["gta5"]
     target = cs.parent
     assert target.parent == tmp_path and target.name.startswith("toycity-v2-")
     assert (target / "COMPLETE").is_file() and (target / "meta.json").is_file()
@@ -147,15 +236,14 @@ def test_ensure_generates_once_and_reuses(tmp_path, monkeypatch):
         raise AssertionError("regenerated")
 
     monkeypatch.setattr(toycity, "generate", fail)
-    assert ensure_toycity(str(tmp_path), TINY) == (cs, gta)
+    assert ensure_toycity(str(tmp_path), TINY) == {"cityscapes": cs, "gta5": gta}
     assert (target / "COMPLETE").stat().st_mtime_ns == stamp
     other = ToyCityConfig(seed=1, height=32, width=64, n_real_train=4, n_real_val=2, n_synthetic=4)
     assert toycity.toycity_dir(tmp_path, other) != target  # another config gets another directory
 
 
 def test_losing_the_race_keeps_the_winner(tmp_path):
-    cs, _ = ensure_toycity(tmp_path, TINY)
-    target = cs.parent
+    target = ensure_toycity(tmp_path, TINY)["cityscapes"].parent
     stamp = (target / "COMPLETE").stat()
     toycity._publish(target, TINY)  # a process that checked before the winner renamed its copy into place
     after = (target / "COMPLETE").stat()

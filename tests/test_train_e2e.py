@@ -136,7 +136,8 @@ def test_cityscapes_gta5_config_reads_the_real_layouts(tmp_path, cache_dir):
     from segsweep.data.toycity import ensure_toycity
 
     toy = ToyCityConfig(height=64, width=128, n_real_train=12, n_real_val=4, n_synthetic=12)
-    cityscapes, gta5 = ensure_toycity(cache_dir, toy)
+    roots = ensure_toycity(cache_dir, toy)
+    cityscapes, gta5 = roots["cityscapes"], roots["gta5"]
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=[

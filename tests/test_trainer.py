@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from segsweep.config import OptimConfig, TrainerConfig
+from segsweep.data.labels import LabelSet
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
@@ -27,7 +28,7 @@ def batches():
     g = torch.Generator().manual_seed(0)
     while True:
         yield {"image": torch.randn(4, 3, 8, 8, generator=g), "label": torch.randint(0, 5, (4, 8, 8), generator=g),
-               "domain": torch.tensor([0, 0, 1, 1]), "loss_weight": torch.tensor([1.0, 1.0, 0.5, 0.5])}
+               "source": torch.tensor([0, 0, 1, 1]), "loss_weight": torch.tensor([1.0, 1.0, 0.5, 0.5])}
 
 
 def test_non_finite_loss_stops_with_iteration_and_terms():
@@ -46,6 +47,6 @@ def test_non_finite_loss_stops_with_iteration_and_terms():
             pass
 
     with pytest.raises(FloatingPointError, match=r"iteration 7: loss=nan, ce=nan, dice=nan"):
-        train(state, batches(), [], cfg, torch.device("cpu"), [Recorder()], [str(c) for c in range(5)])
+        train(state, batches(), [], cfg, torch.device("cpu"), [Recorder()], LabelSet.of([str(c) for c in range(5)]))
     assert written == [5]  # the first period was logged; the bad one raised at its logging step (10)
     assert state.iteration == 10

@@ -181,7 +181,7 @@ def label_iter(datasets: list, fraction: float, seed: int, audits: list | None =
     """Labels of a seeded random subset of each dataset: max(1, round(fraction * len)) images, in index order.
 
     Each dataset's subset depends only on (seed, its position in the list), not on the other datasets.
-    ``audits[k]`` (a ``segsweep.data.cityscapes.IdAudit``) counts dataset k's values that are no Cityscapes id."""
+    ``audits[k]`` (a ``segsweep.data.labels.UnknownAudit``) counts dataset k's values its table does not name."""
     for k, ds in enumerate(datasets):
         n = len(ds)
         if n == 0:

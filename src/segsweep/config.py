@@ -16,7 +16,7 @@ from typing import Any, Literal
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 WeightMethod = Literal["none", "inverse_freq", "sqrt_inv_freq", "effective_num", "median_freq", "enet"]
-Domain = Literal["real", "synthetic", "both"]
+DOMAINS = ("real", "synthetic")  # every source is one or the other; the split monitors exist for both
 
 
 class ConfigError(ValueError):
@@ -65,7 +65,9 @@ class WeightingConfig:
     beta: float = 0.99  # effective_num: (1 - beta) / (1 - beta^n_c)
     count: Literal["images", "pixels"] = "images"  # effective_num: n_c counts images containing c, or pixels
     enet_c: float = 1.02  # enet: w_c = 1 / ln(c + p_c)
-    source: Domain = "both"  # which training domain the frequencies are counted on
+    # which trained sources the frequencies are counted on: all (or both), a domain (real, synthetic), or a list
+    # of data.sources names
+    source: Any = "both"
     fraction: float = 1.0  # fraction of the source images to count (a seeded random subset)
     seed: int = 0  # seed of that subset
 
@@ -77,14 +79,28 @@ class WeightingConfig:
 
 
 @dataclass
+class SourceMixConfig:
+    """One source's place in the batches; null keys follow its domain (real_ratio, real/synthetic_loss_weight)."""
+
+    share: float | None = None  # fraction of every batch; null: its domain's share, split equally
+    loss_weight: float | None = None  # w_i of its samples; null: its domain's loss weight
+
+
+@dataclass
 class DatasetMixConfig:
     name: Literal["mixed", "real_only", "synthetic_only"] = "mixed"
     real_ratio: float = 0.7  # fraction of every training batch drawn from the real domain (count rounded half up)
     real_loss_weight: float = 1.0  # w_i of real samples in L = (1/N) sum_i w_i L_i
     synthetic_loss_weight: float = 0.5  # w_i of synthetic samples; 0 means synthetic samples do not train
     reduction: Literal["mean", "weight_normalized"] = "mean"  # (1/N) sum w_i L_i, or sum w_i L_i / sum w_i
+    sources: dict[str, SourceMixConfig] = field(default_factory=dict)  # per data.sources name, e.g. gta5.share
 
     def __post_init__(self) -> None:
+        for name, src in self.sources.items():
+            for k in ("share", "loss_weight"):
+                v = getattr(src, k)
+                _check(v is None or (_finite(v) and v >= 0), f"dataset_mix.sources.{name}.{k}",
+                       "null or a finite number >= 0", v)
         _check(_finite(self.real_ratio) and 0 <= self.real_ratio <= 1, "dataset_mix.real_ratio",
                "a number in [0, 1]", self.real_ratio)
         for k in ("real_loss_weight", "synthetic_loss_weight"):
@@ -107,20 +123,59 @@ class ToyCityConfig:
     n_real_train: int = 160
     n_real_val: int = 40
     n_synthetic: int = 240
+    n_synthia: int = 0  # synthetic images in the SYNTHIA layout too (16-bit labels); 0: none
 
     def __post_init__(self) -> None:
         for k in ("height", "width"):
             _check(getattr(self, k) >= 32, f"data.toycity.{k}", "an integer >= 32", getattr(self, k))
         for k in ("n_real_train", "n_real_val", "n_synthetic"):
             _check(getattr(self, k) >= 1, f"data.toycity.{k}", "an integer >= 1", getattr(self, k))
+        _check(self.n_synthia >= 0, "data.toycity.n_synthia", "an integer >= 0", self.n_synthia)
+
+
+@dataclass
+class LabelSetConfig:
+    """The classes a run trains and evaluates (train id = position in ``classes``); see conf/data/labels/."""
+
+    classes: list[str] = MISSING
+    colors: list[list[int]] | None = None  # [r, g, b] per class, for plots and predictions (null: generated)
+    rare: list[str] = field(default_factory=list)  # reported together as val/mIoU_rare and marked in reports
+    ignore_value: int = 255  # the value that means unlabelled in files that hold train ids
+    subsets: dict[str, list[str]] = field(default_factory=dict)  # named class subsets for data.eval_classes
+
+
+@dataclass
+class SourceConfig:
+    """One dataset a run trains (or validates) on, in one of the layouts the loaders read."""
+
+    domain: Literal["real", "synthetic"] = "real"
+    # cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png + gtFine/... (labelTrainIds, else labelIds);
+    # gta5: images/*.png + labels/*.png (palette indices = Cityscapes ids); synthia: RGB/*.png + GT/LABELS/*.png
+    # (16-bit, id in R); folders: the images/labels patterns (or list_file) below
+    layout: Literal["cityscapes", "gta5", "synthia", "folders"] = "folders"
+    root: str | None = None  # null with data.toycity: the generated copy of this layout
+    images: str | None = None  # folders: glob under root, {split} replaced, e.g. "img/{split}/*.jpg"
+    labels: str | None = None  # folders: a label's path from its image's: {split} {stem} {name} {parent} {rel}
+    list_file: str | None = None  # folders, instead of images/labels: "<image> <label>" lines, e.g. "{split}.txt"
+    label_format: Literal["ids", "rgb", "png16"] | None = None  # folders: ids (8-bit grey or palette indices),
+    # rgb (colours) or png16 (one channel of a 16-bit PNG); the other layouts have their own
+    label_channel: int = 0  # png16: the channel holding the id, 0 = R (SYNTHIA)
+    label_map: Any = None  # {file value (or "r,g,b" colour): class name | ignore}; null: the layout's own table
+    # (Cityscapes ids, SYNTHIA ids), else train ids (ids) or data.labels.colors (rgb)
+    unknown: Literal["error", "ignore"] | None = None  # file values label_map lacks; null: the layout's rule
+    # (cityscapes/gta5: ignore and count them; otherwise error)
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
-    real_root: str | None = None  # Cityscapes layout: leftImg8bit/<split>/<city>/..., gtFine/<split>/<city>/...
-    synthetic_root: str | None = None  # GTA5 layout: images/*.png, labels/*.png (palette = Cityscapes ids)
-    toycity: ToyCityConfig | None = None  # set: generate the embedded data and ignore the roots
+    labels: LabelSetConfig = MISSING
+    sources: dict[str, SourceConfig] = MISSING  # name -> source, in batch order
+    val_source: str | None = None  # the source whose val_split is evaluated (null: the first real source)
+    eval_classes: Any = None  # null: every class; a data.labels.subsets name; or a list of class names
+    real_root: str | None = None  # kept for data=cityscapes_gta5 (its sources' roots), e.g. data.real_root=/x
+    synthetic_root: str | None = None
+    toycity: ToyCityConfig | None = None  # set: generate the embedded data; sources without a root read it
     cache_dir: str = MISSING  # generated data and class-weight caches
     train_split: str = "train"
     val_split: str = "val"
@@ -133,10 +188,38 @@ class DataConfig:
     val_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.toycity is None:
-            for k in ("real_root", "synthetic_root"):
-                _check(bool(getattr(self, k)), f"data.{k}", "a dataset directory (or data=toycity)",
-                       getattr(self, k))
+        _check(len(self.sources) >= 1, "data.sources", "at least one source", dict(self.sources))
+        for name, src in self.sources.items():
+            key = f"data.sources.{name}"
+            _check(name.isidentifier(), key, "a source name made of letters, digits and _", name)
+            _check(name not in DOMAINS or name == src.domain, f"{key}.domain",
+                   f"{name!r} (a source may be named after a domain only when it belongs to it)", src.domain)
+            _check(src.label_channel >= 0, f"{key}.label_channel", "an integer >= 0", src.label_channel)
+            if self.toycity is None:
+                _check(bool(src.root), f"{key}.root", "a dataset directory (or data=toycity)", src.root)
+            if src.layout == "folders":
+                _check(bool(src.images and src.labels) != bool(src.list_file), f"{key}.images",
+                       "images and labels patterns, or a list_file (not both)", src.images)
+            else:
+                _check(src.label_format is None, f"{key}.label_format", f"null with layout {src.layout} (it has "
+                       "its own)", src.label_format)
+        val = self.val_source or next((n for n, s in self.sources.items() if s.domain == "real"), None)
+        _check(val in self.sources, "data.val_source", f"one of {list(self.sources)} (null: the first real source)",
+               self.val_source)
+        self.val_source = val
+        lab = self.labels
+        _check(1 <= len(lab.classes) <= 254 and len(set(lab.classes)) == len(lab.classes), "data.labels.classes",
+               "1 to 254 distinct class names", list(lab.classes))
+        _check(lab.colors is None or (len(lab.colors) == len(lab.classes) and all(
+            len(c) == 3 and all(0 <= v <= 255 for v in c) for c in lab.colors)), "data.labels.colors",
+            f"null or one [r, g, b] per class ({len(lab.classes)})", lab.colors)
+        for k, names in (("rare", lab.rare), *((f"subsets.{n}", v) for n, v in lab.subsets.items())):
+            bad = [n for n in names if n not in lab.classes]
+            _check(not bad, f"data.labels.{k}", "names from data.labels.classes", bad)
+        ev = self.eval_classes
+        _check(ev is None or (isinstance(ev, str) and ev in lab.subsets)
+               or (not isinstance(ev, str) and len(ev) > 0 and all(n in lab.classes for n in ev)),
+               "data.eval_classes", f"null, a subset of data.labels.subsets {list(lab.subsets)} or class names", ev)
         if self.resize is not None:
             _check(len(self.resize) == 2 and min(self.resize) >= 8, "data.resize", "[H, W] with H, W >= 8",
                    list(self.resize))
@@ -281,9 +364,86 @@ class Config:
         names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
         _check(len(names) >= 1 and all(n in allowed for n in names), "objective",
                f"one of {list(allowed)} or a list of them", self.objective)
-        if self.dataset_mix.name == "synthetic_only" or self.dataset_mix.real_ratio == 0:
-            _check(self.weighting.source != "real" or self.weighting.method == "none", "weighting.source",
-                   "'synthetic' or 'both' when no real sample is trained on", self.weighting.source)
+        plan = plan_sources(self.data, self.dataset_mix)
+        counts = batch_counts([p.share for p in plan], self.trainer.batch_size)
+        for p, k in zip(plan, counts):
+            _check(p.share == 0 or k > 0, f"dataset_mix: share of source '{p.name}'",
+                   f"at least one sample of a batch of trainer.batch_size={self.trainer.batch_size}", p.share)
+        counted = counted_sources(self.weighting.source, plan)
+        _check(bool(counted) or self.weighting.method == "none", "weighting.source",
+               f"sources that are trained on ({[p.name for p in plan if p.share > 0]}) or a domain that has one",
+               self.weighting.source)
+
+
+@dataclass(frozen=True)
+class PlannedSource:
+    """A data source with its resolved place in the batches."""
+
+    name: str
+    position: int  # in data.sources: its sample stream's seed, whatever else is trained
+    domain: str
+    share: float  # fraction of every training batch (0: not trained on)
+    loss_weight: float
+    config: SourceConfig
+
+
+def plan_sources(data: DataConfig, mix: DatasetMixConfig) -> list[PlannedSource]:
+    """Every data source's share of the batches and loss weight. Explicit ``dataset_mix.sources.<name>.share``
+    values must be given for every source and sum to 1; otherwise each domain's share (real_ratio, 1 - real_ratio)
+    is split equally among its sources. A null loss weight is its domain's (real/synthetic_loss_weight)."""
+    unknown = [n for n in mix.sources if n not in data.sources]
+    _check(not unknown, "dataset_mix.sources", f"names from data.sources {list(data.sources)}", unknown)
+    explicit = {n: m.share for n, m in mix.sources.items() if m.share is not None}
+    if explicit:
+        missing = [n for n in data.sources if n not in explicit]
+        _check(not missing, "dataset_mix.sources", "a share for every source once one has a share; missing "
+               f"{missing}", explicit)
+        total = sum(explicit.values())
+        _check(abs(total - 1) < 1e-6, "dataset_mix.sources.*.share", f"shares of {list(data.sources)} that sum "
+               "to 1", total)
+        shares = dict(explicit)
+    else:
+        domain_share = {"real": mix.real_ratio, "synthetic": 1 - mix.real_ratio}
+        members = {d: [n for n, s in data.sources.items() if s.domain == d] for d in DOMAINS}
+        for d in DOMAINS:
+            other = "synthetic_only" if d == "real" else "real_only"
+            _check(domain_share[d] == 0 or members[d], "dataset_mix.real_ratio",
+                   f"{1.0 if d == 'synthetic' else 0.0} (e.g. dataset_mix={other}): data.sources has no {d} "
+                   "source", mix.real_ratio)
+        shares = {n: domain_share[s.domain] / len(members[s.domain]) for n, s in data.sources.items()}
+    default_weight = {"real": mix.real_loss_weight, "synthetic": mix.synthetic_loss_weight}
+    out = []
+    for k, (n, s) in enumerate(data.sources.items()):
+        m = mix.sources.get(n)
+        w = m.loss_weight if m is not None and m.loss_weight is not None else default_weight[s.domain]
+        out.append(PlannedSource(n, k, s.domain, float(shares[n]), float(w), s))
+    return out
+
+
+def batch_counts(shares: list[float], batch_size: int) -> list[int]:
+    """Samples of each source in every batch: the cumulative shares times the batch size, each rounded half *up*,
+    then differenced, so the counts always sum to the batch. With two sources the first gets ``share * B``
+    rounded half up (2.5 -> 3, 3.5 -> 4; not Python's banker's ``round``); a tiny tolerance absorbs float error
+    (0.35 * 10 = 3.4999999999999996 counts as 3.5)."""
+    edges, acc = [0], 0.0
+    for s in shares:
+        acc += s
+        edges.append(min(batch_size, math.floor(acc * batch_size + 0.5 + 1e-9)))
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+def counted_sources(selection: Any, plan: list[PlannedSource]) -> list[PlannedSource]:
+    """The trained sources whose labels the class weights count: ``all``/``both``, a domain, or source names."""
+    trained = [p for p in plan if p.share > 0]
+    if isinstance(selection, str) and selection in ("all", "both"):
+        return trained
+    if isinstance(selection, str) and selection in DOMAINS and selection not in {p.name for p in plan}:
+        return [p for p in trained if p.domain == selection]
+    names = [selection] if isinstance(selection, str) else list(selection or [])
+    bad = [n for n in names if n not in {p.name for p in plan}]
+    _check(bool(names) and not bad, "weighting.source", "all, a domain (real, synthetic) or names from "
+           f"data.sources {[p.name for p in plan]}", selection if not bad else bad)
+    return [p for p in trained if p.name in names]
 
 
 def project_root() -> str:
@@ -299,6 +459,8 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_resolver("project_root", project_root)
+    if not OmegaConf.has_resolver("num_classes"):  # ${num_classes:} in model configs: the label set's size
+        OmegaConf.register_resolver("num_classes", lambda *, _root_: len(_root_.data.labels.classes))
     cs = ConfigStore.instance()
     cs.store(name="segsweep_schema", node=Config, replace=True)
     register_model_schemas(cs)

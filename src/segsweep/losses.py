@@ -1,4 +1,4 @@
-"""Per-sample segmentation losses (class-weighted CE and soft Dice), sample-weighted reduction, domain monitors.
+"""Per-sample segmentation losses (class-weighted CE and soft Dice), sample-weighted reduction, split monitors.
 
 Everything is built from four (B, C) statistics of each image, computed in one fused pass over the logits:
 
@@ -24,7 +24,6 @@ from segsweep.config import DatasetMixConfig, LossConfig
 
 REDUCTIONS = ("mean", "weight_normalized")
 POOLINGS = ("image", "batch")
-REAL, SYNTHETIC = 0, 1
 _TINY = 1e-12
 
 
@@ -32,7 +31,7 @@ _TINY = 1e-12
 class LossOutput:
     total: torch.Tensor  # scalar, the optimised loss
     terms: dict[str, torch.Tensor]  # each term after the sample-weighted reduction, before its weight-dict factor
-    monitors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "<term>_real"/"<term>_synthetic" -> (sum, count)
+    monitors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "<term>_<group>" (domain or source) -> (sum, count)
     # Each term as (numerator, denominator) of its reduction, detached: summed over steps and ranks, their ratio
     # is the term over all those samples (a batch-pooled Dice is (value, 1): a mean over steps and ranks).
     term_parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -162,12 +161,13 @@ def reduction_parts(loss: torch.Tensor, valid: torch.Tensor, sample_weight: torc
     return (sw * loss).sum(-1), den
 
 
-def domain_monitors(loss: torch.Tensor, valid: torch.Tensor,
-                    domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums and counts, (..., 2) for (real, synthetic), of the unweighted finite per-sample values; detached."""
+def group_monitors(loss: torch.Tensor, valid: torch.Tensor,
+                   member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and counts, (..., G), of the unweighted finite per-sample values of each group's samples (``member``:
+    (B, G) 0/1, no data-dependent shape); detached."""
     loss = loss.detach()
     keep = valid & torch.isfinite(loss)
-    member = torch.stack([domain == REAL, domain == SYNTHETIC], 1).to(loss.dtype)  # (B, 2), no data-dependent shape
+    member = member.to(loss.dtype)
     return torch.where(keep, loss, 0.0) @ member, keep.to(loss.dtype) @ member
 
 
@@ -204,14 +204,17 @@ class SegmentationCriterion(torch.nn.Module):
 
     Terms: ``ce``, ``dice`` for ``outputs["out"]``, ``ce_{k}``, ``dice_{k}`` for ``outputs["aux"][k]``; a term whose
     factor in ``weight_dict`` is 0 is not computed. ``total = sum_k weight_dict[k] * terms[k]``. Monitors
-    ``<term>_real`` / ``<term>_synthetic`` are (sum, count) tensors (same dtype, so they can be stacked and
-    all-reduced together), from the same per-sample values as the term; count 0 means absent this step.
+    ``<term>_<group>`` are (sum, count) tensors (same dtype, so they can be stacked and all-reduced together), from
+    the same per-sample values as the term; count 0 means absent this step. Every sample carries its source (its
+    position in ``data.sources``); ``source_groups`` (S, G) says which monitor groups each source belongs to: by
+    default two sources, real (0) and synthetic (1), each its own group.
     """
 
     def __init__(self, *, ce_weight: float, dice_weight: float, aux_weight: float = 0.4,
                  class_weight: torch.Tensor | None = None, smooth: float = 1.0, squared_denominator: bool = False,
                  dice_pooling: str = "image", reduction: str = "mean", ignore_index: int = 255,
-                 num_aux: int = 0, num_classes: int | None = None) -> None:
+                 num_aux: int = 0, num_classes: int | None = None,
+                 groups: tuple[str, ...] = ("real", "synthetic"), source_groups: torch.Tensor | None = None) -> None:
         super().__init__()
         if class_weight is not None:
             check_class_weight(class_weight, num_classes)
@@ -229,6 +232,11 @@ class SegmentationCriterion(torch.nn.Module):
         self.smooth, self.squared_denominator = float(smooth), squared_denominator
         self.dice_pooling, self.reduction, self.ignore_index = dice_pooling, reduction, ignore_index
         self.num_aux = num_aux  # auxiliary heads; names the aux terms in weight_dict before the first forward
+        self.groups = tuple(groups)
+        membership = torch.eye(len(groups)) if source_groups is None else source_groups.detach().float().clone()
+        if membership.dim() != 2 or membership.shape[1] != len(groups):
+            raise ValueError(f"source_groups must be (sources, {len(groups)}), got {tuple(membership.shape)}")
+        self.register_buffer("source_groups", membership, persistent=False)
         # not persistent: the weights come from the data (and their cache), not from a checkpoint
         cw = None if class_weight is None else class_weight.detach().float().clone()
         self.register_buffer("class_weight", cw, persistent=False)
@@ -246,10 +254,12 @@ class SegmentationCriterion(torch.nn.Module):
 
     @classmethod
     def from_config(cls, loss: LossConfig, mix: DatasetMixConfig, class_weight: torch.Tensor | None,
-                    num_classes: int | None = None) -> SegmentationCriterion:
+                    num_classes: int | None = None, groups: tuple[str, ...] = ("real", "synthetic"),
+                    source_groups: torch.Tensor | None = None) -> SegmentationCriterion:
         return cls(ce_weight=loss.ce_weight, dice_weight=loss.dice_weight, aux_weight=loss.aux_weight,
                    class_weight=class_weight, smooth=loss.smooth, squared_denominator=loss.squared_denominator,
-                   dice_pooling=loss.dice_pooling, reduction=mix.reduction, num_classes=num_classes)
+                   dice_pooling=loss.dice_pooling, reduction=mix.reduction, num_classes=num_classes, groups=groups,
+                   source_groups=source_groups)
 
     def _head_weights(self, suffix: str, factor: float) -> dict[str, float]:
         terms = {f"ce{suffix}": factor * self.ce_weight, f"dice{suffix}": factor * self.dice_weight}
@@ -272,12 +282,13 @@ class SegmentationCriterion(torch.nn.Module):
         return list(self.weight_dict)
 
     def forward(self, outputs: dict[str, torch.Tensor | list[torch.Tensor]], target: torch.Tensor,
-                sample_weight: torch.Tensor, domain: torch.Tensor) -> LossOutput:
+                sample_weight: torch.Tensor, source: torch.Tensor) -> LossOutput:
         heads = [outputs["out"], *(outputs.get("aux") or [])]
         self.num_aux = len(heads) - 1
         if self.target_map is not None:
             target = self.target_map[target]
         weights = self.weight_dict
+        member = self.source_groups.index_select(0, source)  # (B, G): the monitors each sample counts in
         terms: dict[str, torch.Tensor] = {}
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         monitors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -288,11 +299,11 @@ class SegmentationCriterion(torch.nn.Module):
                 ce, dice = (f"ce_{k - 1}", f"dice_{k - 1}") if k else ("ce", "dice")
                 ce, dice = (ce if ce in weights else None), (dice if dice in weights else None)
                 if ce or dice:
-                    self._head(logits, target, sample_weight, domain, ce, dice, terms, parts, monitors)
+                    self._head(logits, target, sample_weight, member, ce, dice, terms, parts, monitors)
             total = sum(weights[k] * terms[k] for k in weights)
         return LossOutput(total=total, terms=terms, monitors=monitors, term_parts=parts, weights=weights)
 
-    def _head(self, logits, target, sample_weight, domain, ce_name, dice_name, terms, parts, monitors) -> None:
+    def _head(self, logits, target, sample_weight, member, ce_name, dice_name, terms, parts, monitors) -> None:
         """Adds the head's terms and monitors; a name that is None is not computed."""
         pooled = dice_name is not None and self.dice_pooling == "batch"
         stats = softmax_stats(logits, target, self.ignore_index, self.squared_denominator and dice_name is not None)
@@ -306,24 +317,26 @@ class SegmentationCriterion(torch.nn.Module):
             valid = torch.stack([x[2] for x in per_sample])
             nums, dens = reduction_parts(loss, valid, sample_weight, self.reduction)
             reduced = _div0(nums, dens).unbind()
-            sums, counts = domain_monitors(loss, valid, domain)
+            sums, counts = group_monitors(loss, valid, member)
             for (name, _, _), term, num, den, s, c in zip(per_sample, reduced, nums.detach(), dens, sums, counts,
                                                           strict=True):
                 terms[name], parts[name] = term, (num, den)
-                monitors[f"{name}_real"], monitors[f"{name}_synthetic"] = (s[0], c[0]), (s[1], c[1])
+                for g, group in enumerate(self.groups):
+                    monitors[f"{name}_{group}"] = (s[g], c[g])
         if pooled:
-            self._pooled_dice(stats, sample_weight, domain, dice_name, terms, parts, monitors)
+            self._pooled_dice(stats, sample_weight, member, dice_name, terms, parts, monitors)
 
-    def _pooled_dice(self, stats, sample_weight, domain, name, terms, parts, monitors) -> None:
+    def _pooled_dice(self, stats, sample_weight, member, name, terms, parts, monitors) -> None:
         valid = stats.count.sum(1) > 0
         value = pooled_dice_from_stats(stats, self.class_weight, self.smooth, sample_weight)
         if self.reduction == "mean":  # times the mean sample weight, so uniform weights act as they do per image
             value = value * _div0((sample_weight * valid).sum(), valid.sum().to(value.dtype))
         terms[name] = torch.where(valid.any(), value, 0.0)
         parts[name] = (terms[name].detach(), torch.ones_like(value))
-        # monitors: the unweighted pooled Dice of each domain's samples, (value, 1) when it has a valid sample
-        member = torch.stack([domain == REAL, domain == SYNTHETIC]).to(value.dtype)  # (2, B)
-        dice = pooled_dice_from_stats(stats, self.class_weight, self.smooth, member).detach()  # (2,)
+        # monitors: the unweighted pooled Dice of each group's samples, (value, 1) when it has a valid sample
+        member = member.t().to(value.dtype)  # (G, B)
+        dice = pooled_dice_from_stats(stats, self.class_weight, self.smooth, member).detach()  # (G,)
         has = ((member * valid) > 0).any(1) & torch.isfinite(dice)
         dice, has = torch.where(has, dice, 0.0), has.to(dice.dtype)
-        monitors[f"{name}_real"], monitors[f"{name}_synthetic"] = (dice[0], has[0]), (dice[1], has[1])
+        for g, group in enumerate(self.groups):
+            monitors[f"{name}_{group}"] = (dice[g], has[g])

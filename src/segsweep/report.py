@@ -34,13 +34,11 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from segsweep import stats  # noqa: E402
-from segsweep.data.labels import CLASS_NAMES, RARE_CLASSES  # noqa: E402
 from segsweep.seeds import final_monitors  # noqa: E402
 from segsweep.sweep import confirm  # noqa: E402
 
 PRETTY = {"loss.ce_weight": "α = {:.2f}", "loss.dice_weight": "β = {:.2f}",
           "dataset_mix.synthetic_loss_weight": "synthetic weight {:.2f}", "dataset_mix.real_ratio": "real ratio {:.2f}"}
-RARE = {CLASS_NAMES[i] for i in RARE_CLASSES}
 OPTUNA_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice", "contour",
                 "real_vs_synthetic")
 
@@ -112,6 +110,21 @@ class StudyReport:
     warning: str | None = None
     importances: dict[str, float] = field(default_factory=dict)
     answer: str = ""
+    classes: list[str] = field(default_factory=list)  # the study's label set, in train-id order
+    rare: set[str] = field(default_factory=set)
+
+
+def _label_set(trials: list) -> tuple[list[str], set[str]]:
+    """Class names and rare classes from the trials' ``labels`` attr (written by segsweep.seeds); a study from
+    before it: the order of the per-class IoUs, no rare class."""
+    for t in trials:
+        if lab := t.user_attrs.get("labels"):
+            return list(lab["classes"]), set(lab.get("rare", []))
+    names: dict[str, None] = {}
+    for t in trials:
+        for iou in (t.user_attrs.get("seed_iou") or {}).values():
+            names.update(dict.fromkeys(iou))
+    return list(names), set()
 
 
 def _rank(configs: list[Config], maximize: bool) -> list[Config]:
@@ -135,6 +148,7 @@ def build(study: optuna.Study) -> StudyReport:
     confirmed = _rank([_config(c, c.label) for c in confirm.group(confirm.confirm_trials(study))], maximize)
     counts["confirm"] = sum(t.state == TrialState.COMPLETE for t in trials if confirm.is_confirm(t))
     r = StudyReport(study.study_name, objective, maximize, counts, search, confirmed)
+    r.classes, r.rare = _label_set(trials)
     pool = confirmed or search
     if not pool:
         r.answer = f"No complete trial yet in study {study.study_name!r}: nothing to report."
@@ -247,9 +261,9 @@ def _fig_diffs(r: StudyReport) -> bytes | None:
     return _png(fig)
 
 
-def _class_means(c: Config) -> dict[str, float]:
+def _class_means(c: Config, classes: list[str]) -> dict[str, float]:
     out = {}
-    for name in CLASS_NAMES:
+    for name in classes:
         v = [iou[name] for iou in c.iou.values() if name in iou]
         if v:
             out[name] = sum(v) / len(v)
@@ -259,13 +273,13 @@ def _class_means(c: Config) -> dict[str, float]:
 def _fig_classes(r: StudyReport) -> bytes | None:
     if r.before is None or r.after is None or not r.after.iou:
         return None
-    a, b = _class_means(r.before), _class_means(r.after)
-    names = [n for n in CLASS_NAMES if n in a or n in b]
+    a, b = _class_means(r.before, r.classes), _class_means(r.after, r.classes)
+    names = [n for n in r.classes if n in a or n in b]
     fig, ax = plt.subplots(figsize=(10, 3.5))
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [a.get(n, 0) for n in names], 0.4, label=r.before.label)
     ax.bar([i + 0.2 for i in x], [b.get(n, 0) for n in names], 0.4, label=r.after.label)
-    ax.set_xticks(list(x), [n + (" *" if n in RARE else "") for n in names], rotation=60, ha="right")
+    ax.set_xticks(list(x), [n + (" *" if n in r.rare else "") for n in names], rotation=60, ha="right")
     ax.set_ylabel("val IoU (mean over seeds)")
     ax.set_title("per-class IoU (* rare classes)")
     ax.legend()
@@ -306,14 +320,14 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
         if (png := _fig_diffs(r)) is not None:
             out.append(("img", "differences", png))
     if r.before is not None and r.after is not None and r.after.iou:
-        a, b = _class_means(r.before), _class_means(r.after)
+        a, b = _class_means(r.before, r.classes), _class_means(r.after, r.classes)
         rows = []
-        for n in CLASS_NAMES:
+        for n in r.classes:
             if n in a or n in b:
                 d = (b.get(n, math.nan) - a.get(n, math.nan)) * 100
-                rows.append([n + (" (rare)" if n in RARE else ""), f"{a.get(n, math.nan) * 100:.1f} %",
+                rows.append([n + (" (rare)" if n in r.rare else ""), f"{a.get(n, math.nan) * 100:.1f} %",
                              f"{b.get(n, math.nan) * 100:.1f} %", f"{d:+.1f} %p"])
-        for key, names in (("Mean IoU (classes above)", CLASS_NAMES), ("Mean IoU, rare classes", sorted(RARE))):
+        for key, names in (("Mean IoU (classes above)", r.classes), ("Mean IoU, rare classes", sorted(r.rare))):
             ma = [a[n] for n in names if n in a and n in b]
             mb = [b[n] for n in names if n in a and n in b]
             if ma:

@@ -17,20 +17,19 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.class_weights import LabelCounts, class_weights_cached, count_labels, format_table, label_iter
-from segsweep.config import Config, validate
-from segsweep.data.build import build_train_val, stop_workers
-from segsweep.data.cityscapes import IdAudit
-from segsweep.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, RARE_CLASSES
+from segsweep.config import DOMAINS, Config, PlannedSource, counted_sources, validate
+from segsweep.data.build import TrainVal, build_train_val, stop_workers
+from segsweep.data.labels import IGNORE, LabelSet, UnknownAudit, label_set
 from segsweep.engine.checkpoint import load, restore, save_atomic, training_state
 from segsweep.engine.distributed import World, close_world, from_rank0, init_world
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.preemption import StopSignals
 from segsweep.engine.trainer import Preempted, TrainState, train
 from segsweep.losses import SegmentationCriterion
+from segsweep.models import build_model, check_outputs
 from segsweep.seeds import run_seeds
 from segsweep.sweep.trial import TrialLink
 from segsweep.tracking import plots
@@ -55,32 +54,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def class_weights_for(cfg: Config, sets: dict) -> tuple[torch.Tensor, LabelCounts]:
-    """Class weights from the labels of the training domains named by ``weighting.source``, cached on disk.
+def class_weights_for(cfg: Config, tv: TrainVal, labels: LabelSet) -> tuple[torch.Tensor, LabelCounts]:
+    """Class weights from the labels of the trained sources named by ``weighting.source``, cached on disk.
     Counted for ``none`` too: the table shows what the model is trained on."""
     w = cfg.weighting
-    trained = {"real": sets["real_train"] if cfg.dataset_mix.real_ratio > 0 else None,
-               "synthetic": sets.get("synthetic") if cfg.dataset_mix.real_ratio < 1 else None}
-    names = [n for n in (["real", "synthetic"] if w.source == "both" else [w.source]) if trained[n] is not None]
-    datasets = [trained[n] for n in names]
+    counted = counted_sources(w.source, tv.plan)
+    datasets = [tv.trained[p.name] for p in counted]
     # "formula" changes whenever compute_class_weights or the counts change, so that old cache files are not reused.
     identity = {"datasets": [d.fingerprint() for d in datasets], "source": w.source, "fraction": w.fraction,
-                "seed": w.seed, "num_classes": NUM_CLASSES, "formula": 2}
+                "seed": w.seed, "num_classes": labels.num_classes, "labels": labels.fingerprint(), "formula": 2}
     params = {"beta": w.beta, "count": w.count, "enet_c": w.enet_c}
 
     def count() -> LabelCounts:
-        audits = [IdAudit() for _ in datasets]
-        counts = count_labels(label_iter(datasets, w.fraction, w.seed, audits), NUM_CLASSES, IGNORE_INDEX)
-        counts.unknown_ids = [{"dataset": f"{n} labels ({d.root})", **a.to_dict()}
-                              for n, d, a in zip(names, datasets, audits)]
+        audits = [UnknownAudit() for _ in datasets]
+        counts = count_labels(label_iter(datasets, w.fraction, w.seed, audits), labels.num_classes, IGNORE)
+        counts.unknown_ids = [{"dataset": f"{p.name} labels ({d.root})", "layout": p.config.layout, **a.to_dict()}
+                              for p, d, a in zip(counted, datasets, audits)]
         return counts
 
     weights, counts = class_weights_cached(cfg.data.cache_dir, identity, w.method, params, count)
     for u in counts.unknown_ids:  # once per dataset and run, from the count or its cache
-        audit = IdAudit(u["pixels"], u["files"], u["read"], set(u["values"]))
-        if line := audit.describe(u["dataset"]):
+        note = " (34 is GTA5's licence plate)" if 34 in u["values"] and u.get("layout") == "gta5" else ""
+        if line := UnknownAudit.from_dict(u).describe(u["dataset"], note):
             log.info("%s", line)
     return weights, counts
+
+
+def monitor_groups(plan: list[PlannedSource]) -> tuple[tuple[str, ...], torch.Tensor]:
+    """Split-monitor groups: the two domains, then every source not named after its domain; and which groups each
+    source's samples count in, (sources, groups)."""
+    groups = (*DOMAINS, *(p.name for p in plan if p.name not in DOMAINS))
+    member = torch.zeros(len(plan), len(groups))
+    for p in plan:
+        member[p.position, groups.index(p.domain)] = 1
+        member[p.position, groups.index(p.name)] = 1
+    return groups, member
 
 
 def slurm_tags() -> dict[str, str]:
@@ -103,6 +111,7 @@ def effective_params(cfg: Config) -> dict[str, str]:
     params = asdict(cfg)
     params["model"] = OmegaConf.to_container(cfg.model, resolve=True)
     params.pop("study")  # per-trial ids: tags of the run, not parameters of the model
+    params["data"]["labels"].pop("colors", None)  # display only
     return flatten(params)
 
 
@@ -127,7 +136,9 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     if typed.trainer.num_threads:
         torch.set_num_threads(typed.trainer.num_threads)
     seed_everything(typed.trainer.seed)
-    model = instantiate(typed.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
+    labels = label_set(typed.data.labels, typed.data.eval_classes)
+    model = build_model(typed.model)
+    check_outputs(model, labels.num_classes)  # a readable output with one channel per class, before any data
     ckpt_path = out_dir / "checkpoint.pt"
     # A retried trial (study.resume_from, set by the sweeper) starts from its dead predecessor's checkpoint, with
     # that run's metrics.jsonl up to it, but in a new MLflow run: the dead run stays closed FAILED.
@@ -139,16 +150,16 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     start = resumed["iteration"] if resumed else 0
 
     try:
-        train_loader, val_loader, sets = build_train_val(
-            typed.data, typed.dataset_mix, typed.trainer.batch_size, typed.trainer.seed,
-            pin_memory=device.type == "cuda", start_batch=start,  # a resumed run draws the same batches
-            rank=world.rank, world_size=world.size)
-        class_weight, counts = class_weights_for(typed, sets)
+        tv = build_train_val(typed.data, typed.dataset_mix, labels, typed.trainer.batch_size, typed.trainer.seed,
+                             pin_memory=device.type == "cuda", start_batch=start,  # a resumed run: same batches
+                             rank=world.rank, world_size=world.size)
+        train_loader, val_loader = tv.train_loader, tv.val_loader
+        class_weight, counts = class_weights_for(typed, tv, labels)
     except BaseException as e:  # bad data or a bad sampled value fails the trial, with its reason
         if trial is not None:
             trial.failed(e)
         raise
-    table = format_table(counts, class_weight, CLASS_NAMES)
+    table = format_table(counts, class_weight, list(labels.classes))
     resolved = out_dir / "config_resolved.yaml"
     if main:
         log.info("class weights (%s, source: %s):\n%s", typed.weighting.method, typed.weighting.source, table)
@@ -158,8 +169,9 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     model = model.to(device)
     if typed.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    groups, source_groups = monitor_groups(tv.plan)
     criterion = SegmentationCriterion.from_config(typed.loss, typed.dataset_mix, class_weight.to(device),
-                                                  NUM_CLASSES)
+                                                  labels.num_classes, groups, source_groups)
     optimizer = build_optimizer(model, typed.optim)
     scheduler = build_scheduler(optimizer, typed.trainer.max_iters, typed.optim)
     state = TrainState(model, criterion, optimizer, scheduler)
@@ -188,8 +200,8 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     status, result, stop, preempted = "FAILED", None, StopSignals(), False
     try:
         with stop:
-            result = train(state, train_loader, val_loader, typed.trainer, device, writers, list(CLASS_NAMES),
-                           RARE_CLASSES, on_eval, checkpoint if main else None, stop, world)
+            result = train(state, train_loader, val_loader, typed.trainer, device, writers, labels, on_eval,
+                           checkpoint if main else None, stop, world)
         status = "FINISHED"
     except Preempted as e:  # checkpoint written: the trial goes on in the requeued job
         status, preempted = "KILLED", True
@@ -215,7 +227,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         stop_workers(train_loader, val_loader)  # no loader worker outlives the run, however it ended
         for w in writers[:-1] if mlflow else writers:
             w.close()
-        figures = _plots(out_dir, result, list(criterion.weight_dict)) if main and typed.mlflow.plots else []
+        figures = _plots(out_dir, result, list(criterion.weight_dict), labels) if main and typed.mlflow.plots else []
         if mlflow is not None:
             for path in figures:
                 mlflow.log_artifact(path, "plots")
@@ -224,13 +236,14 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         if preempted:
             stop.hand_over()  # submitit requeues the job; otherwise the signal ends the process
 
-    metrics = result.metrics(list(CLASS_NAMES), RARE_CLASSES)
+    metrics = result.metrics(labels)
     values = [float(metrics[n]) for n in names]
     if main:
         save_atomic({"model": model.state_dict(), "iteration": state.iteration}, out_dir / "model_final.pt")
         ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
-        log.info("final: val/mIoU %.4f  val/pixel_acc %.4f  val/mIoU_rare %.4f  (%s)", metrics["val/mIoU"],
-                 metrics["val/pixel_acc"], metrics["val/mIoU_rare"], out_dir)
+        rare = f"  val/mIoU_rare {metrics['val/mIoU_rare']:.4f}" if "val/mIoU_rare" in metrics else ""
+        log.info("final: val/mIoU %.4f  val/pixel_acc %.4f%s  (%s)", metrics["val/mIoU"], metrics["val/pixel_acc"],
+                 rare, out_dir)
     if trial is not None:
         trial.complete(values)
     return values[0] if isinstance(typed.objective, str) else values
@@ -257,7 +270,7 @@ def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | Non
     return mlflow
 
 
-def _plots(out_dir: Path, result, terms: list[str]) -> list[Path]:
+def _plots(out_dir: Path, result, terms: list[str], labels: LabelSet) -> list[Path]:
     """Figures from metrics.jsonl and the last evaluation; drawn even when training stopped early."""
     import json
 
@@ -269,6 +282,6 @@ def _plots(out_dir: Path, result, terms: list[str]) -> list[Path]:
     plot_dir.mkdir(exist_ok=True)
     figures = [plots.training_curves(records, terms, plot_dir / "training_curves.png")]
     if result is not None:
-        figures.append(plots.iou_bars(result.iou, list(CLASS_NAMES), plot_dir / "iou_per_class.png"))
-        figures.append(plots.confusion_matrix(result.confusion, list(CLASS_NAMES), plot_dir / "confusion.png"))
+        figures.append(plots.iou_bars(result.iou, list(labels.classes), plot_dir / "iou_per_class.png"))
+        figures.append(plots.confusion_matrix(result.confusion, list(labels.classes), plot_dir / "confusion.png"))
     return figures

@@ -41,6 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.config import Config, StudyConfig, validate
+from segsweep.data.labels import label_set
 from segsweep.engine.distributed import World, from_rank0
 from segsweep.sweep.trial import TrialLink
 
@@ -162,6 +163,8 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
     seeds = from_rank0([int(s) for s in attrs["seeds"]] if attrs.get("seeds") else
                        search_seeds(typed.study, typed.trainer.seed))
     record = _Record(link, seeds, stage)
+    if link is not None:  # the label set, for the report's per-class table
+        link.set_attrs(labels=label_set(typed.data.labels, typed.data.eval_classes).to_dict())
     max_iters = typed.trainer.max_iters
     single = len(seeds) == 1
     if single:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
 
-from segsweep.config import DataConfig, DatasetMixConfig
-from segsweep.data.cityscapes import CityscapesSegmentation, DatasetError
-from segsweep.data.gta5 import GTA5Segmentation
-from segsweep.data.mixing import REAL, SYNTHETIC, DomainDataset, MixedBatchSampler, SeededBatches, SeededConcat
+from segsweep.config import DataConfig, DatasetMixConfig, PlannedSource, batch_counts, plan_sources
+from segsweep.data.labels import LabelSet
+from segsweep.data.mixing import SeededBatches, SeededConcat, SourceBatchSampler, SourceDataset
+from segsweep.data.paired import DatasetError, PairedSegmentation
+from segsweep.data.sources import open_source
 from segsweep.data.toycity import ensure_toycity
 from segsweep.data.transforms import EvalTransform, TrainTransform
 from segsweep.engine.preemption import ignore_stop_signals
@@ -54,43 +56,54 @@ def stop_workers(*loaders: DataLoader) -> None:
                 w.join(timeout=5)
 
 
-def resolve_roots(data: DataConfig) -> tuple[Path, Path]:
-    """(Cityscapes-layout root, GTA5-layout root): the generated ToyCity when configured, else the given ones."""
-    if data.toycity is not None:
-        return ensure_toycity(data.cache_dir, data.toycity)
-    return Path(str(data.real_root)), Path(str(data.synthetic_root))
+def source_root(p: PlannedSource, data: DataConfig) -> Path:
+    """The source's root: its configured one, else (data.toycity) the generated copy of its layout."""
+    if p.config.root:
+        return Path(str(p.config.root))
+    roots = ensure_toycity(data.cache_dir, data.toycity)
+    if p.config.layout not in roots:
+        raise DatasetError(f"config key 'data.sources.{p.name}.root': null, but the generated ToyCity data has no "
+                           f"{p.config.layout}-layout copy (it has {sorted(roots)}; data.toycity.n_synthia > 0 "
+                           "writes a SYNTHIA one)")
+    return roots[p.config.layout]
 
 
-def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, seed: int,
-                    pin_memory: bool, start_batch: int = 0, rank: int = 0,
-                    world_size: int = 1) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
-    """An infinite mixed training loader, a one-pass real validation loader, and the raw datasets.
+@dataclass
+class TrainVal:
+    """The loaders of one run, and what else was built on the way (for class-weight counting and records)."""
+
+    train_loader: DataLoader
+    val_loader: DataLoader
+    trained: dict[str, PairedSegmentation]  # name -> training dataset, for the sources with samples in a batch
+    val: PairedSegmentation
+    plan: list[PlannedSource]
+    counts: list[int]  # samples of each planned source per batch
+    sampler: SourceBatchSampler
+
+
+def build_train_val(data: DataConfig, mix: DatasetMixConfig, labels: LabelSet, batch_size: int, seed: int,
+                    pin_memory: bool, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> TrainVal:
+    """An infinite mixed training loader and a one-pass validation loader (``data.val_source``'s val split).
 
     With several data-parallel ranks, each gets its own batches of the one mixed sequence and every
     ``world_size``-th validation image (a partition: the ranks' confusion matrices add up to the whole set's).
-
-    The dict holds ``real_train``, ``synthetic`` (None when no batch uses synthetic samples), ``real_val`` (loader
-    datasets, e.g. for class-frequency counting), ``train_sampler`` and ``real_per_batch``.
+    Every dataset is opened here, so missing directories and labels stop the run before training starts.
     """
-    real_root, synthetic_root = resolve_roots(data)
-    needed = [("data.real_root", real_root, "the Cityscapes root, holding leftImg8bit/ and gtFine/")]
-    if mix.real_ratio < 1:
-        needed.append(("data.synthetic_root", synthetic_root, "the GTA5 root, holding images/ and labels/"))
-    for key, root, what in needed:
-        if not root.is_dir():
-            raise DatasetError(f"config key '{key}': directory {root} does not exist (expected {what})")
-    # Every dataset is opened here, so missing directories and labels stop the run before training starts.
+    plan = plan_sources(data, mix)
+    counts = batch_counts([p.share for p in plan], batch_size)
     skip = data.skip_mismatched
-    real_train = CityscapesSegmentation(real_root, data.train_split, data.resize, skip)
-    real_val = CityscapesSegmentation(real_root, data.val_split, data.resize, skip)
-    synthetic = GTA5Segmentation(synthetic_root, data.resize, skip) if mix.real_ratio < 1 else None
+    trained = {p.name: open_source(p.name, p.config, source_root(p, data), data.train_split, labels, data.resize,
+                                   skip) for p, k in zip(plan, counts) if k > 0}
+    val_plan = next(p for p in plan if p.name == data.val_source)
+    val = open_source(val_plan.name, val_plan.config, source_root(val_plan, data), data.val_split, labels,
+                      data.resize, skip)
 
     train_tf = TrainTransform(data.crop_size, data.scale_range, data.hflip)
-    parts = [DomainDataset(real_train, REAL, mix.real_loss_weight, train_tf)]
-    if synthetic is not None:
-        parts.append(DomainDataset(synthetic, SYNTHETIC, mix.synthetic_loss_weight, train_tf))
-    sampler = MixedBatchSampler(len(real_train), len(synthetic) if synthetic is not None else 0, batch_size,
-                                mix.real_ratio, seed, start_batch=start_batch, rank=rank, world_size=world_size)
+    used = [(p, k) for p, k in zip(plan, counts) if k > 0]
+    parts = [SourceDataset(trained[p.name], p.position, p.loss_weight, train_tf) for p, _ in used]
+    sampler = SourceBatchSampler([len(trained[p.name]) for p, _ in used], [k for _, k in used], seed,
+                                 streams=[p.position for p, _ in used], start_batch=start_batch, rank=rank,
+                                 world_size=world_size)
     workers = data.num_workers
     if workers > 0:
         atexit.unregister(_kill_workers_at_exit)  # registered once per process, after multiprocessing's hook
@@ -101,10 +114,8 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, batch_size: int, se
         # no worker seeding needed: SeededBatches gives every sample its own augmentation generator
     )
     val_loader = DataLoader(
-        DomainDataset(real_val, REAL, mix.real_loss_weight, EvalTransform()), batch_size=data.val_batch_size,
-        sampler=range(rank, len(real_val), world_size), num_workers=workers, collate_fn=collate,
+        SourceDataset(val, val_plan.position, val_plan.loss_weight, EvalTransform()), batch_size=data.val_batch_size,
+        sampler=range(rank, len(val), world_size), num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
     )
-    info = {"real_train": real_train, "synthetic": synthetic, "real_val": real_val, "train_sampler": sampler,
-            "real_per_batch": sampler.k_real}
-    return train_loader, val_loader, info
+    return TrainVal(train_loader, val_loader, trained, val, plan, counts, sampler)

@@ -1,19 +1,21 @@
 """GTA5-layout loader: ``root/images/*.png`` with ``root/labels/<same name>``.
 
 GTA5 labels are palette PNGs whose *indices* are Cityscapes label ids; they are read as indices (never converted
-to RGB) and mapped to trainIds with the shared lookup table. The palette has 35 entries: index 34, the licence-plate
-colour (0, 0, 142), is no Cityscapes id and is ignored like every id outside the 19 train classes.
+to RGB) and looked up in the source's table (by default the Cityscapes one). The palette has 35 entries: index
+34, the licence-plate colour (0, 0, 142), is no Cityscapes id and is ignored (and counted) like every value outside
+the table.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from segsweep.data.cityscapes import DatasetError, PairedSegmentation, read_id_label, require_dir
+from segsweep.data.labels import LabelMap
+from segsweep.data.paired import DatasetError, LabelReader, PairedSegmentation, read_u8, require_dir
 
 
 class GTA5Segmentation(PairedSegmentation):
-    def __init__(self, root: str | Path, resize: list[int] | tuple[int, int] | None = None,
+    def __init__(self, root: str | Path, id_map: LabelMap, resize: list[int] | tuple[int, int] | None = None,
                  skip_mismatched: bool = False) -> None:
         super().__init__(resize, skip_mismatched)
         self.root = Path(root)
@@ -27,5 +29,5 @@ class GTA5Segmentation(PairedSegmentation):
         for img, label in zip(self.image_paths, self.label_paths, strict=True):
             if not label.is_file():
                 raise DatasetError(f"image {img} has no label: expected {label}")
-        self._readers = [read_id_label] * len(self.image_paths)
+        self._readers = [LabelReader(read_u8, id_map)] * len(self.image_paths)
         self._check_sizes()  # some pairs of the full GTA5 release differ by a few pixels

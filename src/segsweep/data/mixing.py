@@ -1,42 +1,36 @@
-"""Real/synthetic mixing: samples tagged with their domain and loss weight, and a fixed-ratio batch sampler.
+"""Source mixing: samples tagged with their source and loss weight, and a fixed-composition batch sampler.
 
-The domain is carried explicitly with every sample and never inferred from the loss weight: a synthetic weight
-of 0 (synthetic samples seen but not trained on) or 1 (same as real) is legal.
+The source (and through it the domain, real or synthetic) is carried explicitly with every sample and never
+inferred from the loss weight: a synthetic weight of 0 (seen but not trained on) or 1 (same as real) is legal.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-REAL = 0
-SYNTHETIC = 1
+from segsweep.config import batch_counts
 
 
 def real_per_batch(real_ratio: float, batch_size: int) -> int:
-    """Real samples in every batch: real_ratio * batch_size rounded half *up* (2.5 -> 3, 3.5 -> 4).
-
-    Not Python's ``round``, whose banker's rounding sends halves to the even neighbour (round(2.5) == 2 but
-    round(3.5) == 4): half-up is what one expects ("50 % of 5" gives 3 real). A tiny tolerance absorbs float
-    error (0.35 * 10 = 3.4999999999999996 counts as 3.5).
-    """
+    """Real samples in every batch of a real + synthetic mix: real_ratio * batch_size rounded half *up*."""
     if not 0.0 <= real_ratio <= 1.0:
         raise ValueError(f"real_ratio must be in [0, 1], got {real_ratio}")
-    return min(batch_size, math.floor(real_ratio * batch_size + 0.5 + 1e-9))
+    return batch_counts([real_ratio, 1 - real_ratio], batch_size)[0]
 
 
-class DomainDataset(torch.utils.data.Dataset):
-    """Wraps a loader: ``dict(image, label, domain, loss_weight)`` after ``transform``."""
+class SourceDataset(torch.utils.data.Dataset):
+    """Wraps a loader: ``dict(image, label, source, loss_weight)`` after ``transform``; ``source`` is the source's
+    position in ``data.sources``."""
 
-    def __init__(self, dataset: Any, domain: int, loss_weight: float, transform: Callable[[dict], dict]) -> None:
-        if domain not in (REAL, SYNTHETIC):
-            raise ValueError(f"domain must be {REAL} (real) or {SYNTHETIC} (synthetic), got {domain!r}")
-        self.dataset, self.domain, self.loss_weight, self.transform = dataset, domain, float(loss_weight), transform
+    def __init__(self, dataset: Any, source: int, loss_weight: float, transform: Callable[[dict], dict]) -> None:
+        if not (isinstance(source, int) and source >= 0):
+            raise ValueError(f"source must be a source's position (an int >= 0), got {source!r}")
+        self.dataset, self.source, self.loss_weight, self.transform = dataset, source, float(loss_weight), transform
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -46,7 +40,7 @@ class DomainDataset(torch.utils.data.Dataset):
 
     def get(self, i: int, generator: torch.Generator | None = None) -> dict[str, Any]:
         out = self.transform(self.dataset[i], generator)
-        return {"image": out["image"], "label": out["label"], "domain": self.domain, "loss_weight": self.loss_weight}
+        return {"image": out["image"], "label": out["label"], "source": self.source, "loss_weight": self.loss_weight}
 
 
 def augmentation_seed(seed: int, batch: int, slot: int) -> int:
@@ -55,10 +49,10 @@ def augmentation_seed(seed: int, batch: int, slot: int) -> int:
 
 
 class SeededBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Gives every index of a MixedBatchSampler its own augmentation seed, so the augmentations depend neither on
+    """Gives every index of a SourceBatchSampler its own augmentation seed, so the augmentations depend neither on
     the number of loader workers nor on where a run was resumed (``start_batch``): a resumed run redraws them."""
 
-    def __init__(self, sampler: MixedBatchSampler) -> None:
+    def __init__(self, sampler: SourceBatchSampler) -> None:
         self.sampler = sampler
 
     def __len__(self) -> int:
@@ -79,32 +73,31 @@ class SeededConcat(torch.utils.data.ConcatDataset):
         return self.datasets[part].get(local, torch.Generator().manual_seed(seed))
 
 
-class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches over ``ConcatDataset([real, synthetic])`` with exactly ``real_per_batch`` real indices each.
+class SourceBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches over ``ConcatDataset(sources)`` with exactly ``counts[k]`` indices of source k in each.
 
-    Real indices come first in each batch (0..n_real-1), then synthetic ones (offset by n_real). Each domain walks
-    its own seeded permutation, a fresh one per pass, so no index repeats within a pass. Infinite unless
-    ``num_batches`` is given. Every ``iter()`` restarts the same sequence; ``start_batch`` skips that many batches
-    first (cheap: only indices are drawn), e.g. to resume a run.
+    Sources appear in order within a batch (source k's indices offset by the sizes before it). Each source walks
+    its own seeded permutation, a fresh one per pass, so no index repeats within a pass; its stream is seeded by
+    ``(seed, streams[k])`` (its position in ``data.sources``), so it does not depend on which other sources are
+    trained. Infinite unless ``num_batches`` is given. Every ``iter()`` restarts the same sequence; ``start_batch``
+    skips that many batches first (cheap: only indices are drawn), e.g. to resume a run.
 
     Data-parallel: rank r of ``world_size`` W takes batches r, r + W, r + 2W, ... of the one seeded sequence, so
-    every rank's batch has the mixed composition and W ranks together see exactly what one process would see in
-    W steps. ``num_batches`` and ``start_batch`` count this rank's batches.
+    every rank's batch has the configured composition and W ranks together see exactly what one process would see
+    in W steps. ``num_batches`` and ``start_batch`` count this rank's batches.
     """
 
-    def __init__(self, n_real: int, n_synthetic: int, batch_size: int, real_ratio: float, seed: int,
+    def __init__(self, sizes: list[int], counts: list[int], seed: int, streams: list[int] | None = None,
                  num_batches: int | None = None, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.n_real, self.n_synthetic, self.batch_size = n_real, n_synthetic, batch_size
-        self.k_real = real_per_batch(real_ratio, batch_size)
-        self.k_synthetic = batch_size - self.k_real
-        if self.k_real and n_real < 1:
-            raise ValueError(f"real_ratio={real_ratio} needs {self.k_real} real samples per batch of {batch_size}, "
-                             "but the real dataset is empty")
-        if self.k_synthetic and n_synthetic < 1:
-            raise ValueError(f"real_ratio={real_ratio} needs {self.k_synthetic} synthetic samples per batch of "
-                             f"{batch_size}, but the synthetic dataset is empty")
+        self.sizes, self.counts = list(sizes), list(counts)
+        self.streams = list(streams) if streams is not None else list(range(len(sizes)))
+        self.batch_size = sum(self.counts)
+        if self.batch_size < 1:
+            raise ValueError(f"a batch needs at least one sample, got counts {self.counts}")
+        for k, (n, c) in enumerate(zip(self.sizes, self.counts)):
+            if c and n < 1:
+                raise ValueError(f"source {k} is to give {c} samples per batch of {self.batch_size}, but its "
+                                 "dataset is empty")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.seed, self.num_batches, self.start_batch = seed, num_batches, start_batch
@@ -112,7 +105,7 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         if self.num_batches is None:
-            raise TypeError("MixedBatchSampler is infinite (num_batches=None) and has no length")
+            raise TypeError(f"{type(self).__name__} is infinite (num_batches=None) and has no length")
         return self.num_batches
 
     @staticmethod
@@ -126,13 +119,12 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def numbered(self) -> Iterator[tuple[int, list[int]]]:
         """(number of the batch in the whole sequence, its indices) for this rank's batches."""
-        # Separate streams per domain: the real order does not depend on how many synthetic samples are drawn.
-        real = self._stream(self.n_real, np.random.default_rng([self.seed, REAL])) if self.k_real else iter(())
-        syn = self._stream(self.n_synthetic, np.random.default_rng([self.seed, SYNTHETIC])) if self.k_synthetic \
-            else iter(())
+        offsets = np.cumsum([0, *self.sizes[:-1]]).tolist()
+        streams = [(off, c, self._stream(n, np.random.default_rng([self.seed, key])))
+                   for n, c, off, key in zip(self.sizes, self.counts, offsets, self.streams) if c]
 
         def draw() -> list[int]:
-            return [next(real) for _ in range(self.k_real)] + [self.n_real + next(syn) for _ in range(self.k_synthetic)]
+            return [off + next(it) for off, c, it in streams for _ in range(c)]
 
         w = self.world_size
         g = 0  # number of the next batch in the whole sequence
@@ -145,3 +137,15 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
             for _ in range(w - 1):  # the other ranks' batches
                 draw()
             g, b = g + w, b + 1
+
+
+class MixedBatchSampler(SourceBatchSampler):
+    """Two sources, real (0) then synthetic (1), with ``real_per_batch(real_ratio, batch_size)`` real samples."""
+
+    def __init__(self, n_real: int, n_synthetic: int, batch_size: int, real_ratio: float, seed: int,
+                 **kwargs: Any) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.k_real = real_per_batch(real_ratio, batch_size)
+        self.k_synthetic = batch_size - self.k_real
+        super().__init__([n_real, n_synthetic], [self.k_real, self.k_synthetic], seed, **kwargs)

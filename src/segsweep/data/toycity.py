@@ -1,11 +1,12 @@
 """ToyCity: the embedded default data, procedurally generated street scenes.
 
-A real set in the Cityscapes layout and a synthetic set in the GTA5 layout, both labelled with Cityscapes ids, so
-the loaders read them as they read the real datasets. Each label map is drawn first (vectorised rasterisation of
-rectangles, convex polygons and ellipses, far to near), then rendered: synthetic images flat-shaded with sharp edges
-in their own palette, real ones in another palette with per-class texture, noise, blur and uneven lighting.
-Synthetic label files are written as GTA5 ships them: palette PNGs with 35 entries, cars' licence plates labelled
-with index 34 (no Cityscapes id: ignored when loaded).
+A real set in the Cityscapes layout, a synthetic set in the GTA5 layout and (``n_synthia > 0``) one in the
+SYNTHIA-RAND-CITYSCAPES layout, each with its own random streams, read by the loaders of the real datasets. Label
+maps are drawn first (rectangles, convex polygons and ellipses, far to near), then rendered: synthetic images flat
+with sharp edges in their own palette, real ones in another with per-class texture, noise, blur, uneven lighting.
+Labels are written as the datasets ship them: Cityscapes ids; GTA5 palette PNGs of 35 entries, licence plates at
+index 34 (no Cityscapes id: ignored when loaded); SYNTHIA 16-bit 3-channel PNGs, the SYNTHIA id of the class in R
+(void 0 where SYNTHIA has none or never uses it: terrain, truck, train), dynamic objects' instance ids in G.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from segsweep.config import ToyCityConfig
-from segsweep.data.cityscapes import DatasetError
-from segsweep.data.labels import GTA5_LICENSE_PLATE, GTA5_PALETTE, NAME_TO_ID
+from segsweep.data.paired import DatasetError
+from segsweep.data.tables import CITYSCAPES_IDS, GTA5_LICENSE_PLATE, GTA5_PALETTE, NAME_TO_ID, SYNTHIA_IDS
 
 GENERATOR_VERSION = "v2"  # bump when the generator's output changes: the cache directory name carries it
 MARKER = "COMPLETE"
@@ -45,10 +46,8 @@ class _Canvas:
     """A label map plus an instance map; every shape is a new instance with a class id and a brightness tint."""
 
     def __init__(self, h: int, w: int, plates: bool = False) -> None:
-        self.h, self.w = h, w
-        self.plates = plates  # label cars' licence plates as GTA5 does (palette index 34)
-        self.lab = np.zeros((h, w), np.uint8)
-        self.inst = np.zeros((h, w), np.int32)
+        self.h, self.w, self.plates = h, w, plates  # plates: label cars' licence plates as GTA5 does (index 34)
+        self.lab, self.inst = np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32)
         self.inst_cls, self.inst_tint = [UNLABELED], [1.0]
 
     def new(self, cls: int, tint: float = 1.0) -> int:
@@ -56,12 +55,10 @@ class _Canvas:
         self.inst_tint.append(tint)
         return len(self.inst_cls) - 1
 
-    def _fill(self, y0: float, y1: float, x0: float, x1: float, cls: int, tint: float,
-              inside: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
-        """Paint the pixels of a box (corners in any order) whose centres are ``inside`` (all when None).
-
-        A shape that overlaps the image paints at least one pixel, so thin objects survive at small sizes.
-        """
+    def rect(self, y0: float, y1: float, x0: float, x1: float, cls: int, tint: float = 1.0,
+             inside: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+        """Paint the pixels of a box (corners in any order) whose centres are ``inside`` (all when None); a shape
+        that overlaps the image paints at least one pixel, so thin objects survive at small sizes."""
         y0, y1, x0, x1 = min(y0, y1), max(y0, y1), min(x0, x1), max(x0, x1)
         iy0, ix0 = int(np.floor(y0)), int(np.floor(x0))
         iy1, ix1 = min(max(int(np.ceil(y1)), iy0 + 1), self.h), min(max(int(np.ceil(x1)), ix0 + 1), self.w)
@@ -73,17 +70,13 @@ class _Canvas:
             mask = inside(np.arange(iy0, iy1)[:, None] + 0.5, np.arange(ix0, ix1)[None, :] + 0.5)
             if not mask.any():
                 mask[mask.shape[0] // 2, mask.shape[1] // 2] = True
-        inst = self.new(cls, tint)
         self.lab[iy0:iy1, ix0:ix1][mask] = cls
-        self.inst[iy0:iy1, ix0:ix1][mask] = inst
-
-    def rect(self, y0: float, y1: float, x0: float, x1: float, cls: int, tint: float = 1.0) -> None:
-        self._fill(y0, y1, x0, x1, cls, tint)
+        self.inst[iy0:iy1, ix0:ix1][mask] = self.new(cls, tint)
 
     def ellipse(self, cy: float, cx: float, ry: float, rx: float, cls: int, tint: float = 1.0) -> None:
         ry, rx = max(ry, 0.5), max(rx, 0.5)
-        self._fill(cy - ry, cy + ry, cx - rx, cx + rx, cls, tint,
-                   lambda yy, xx: ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0)
+        self.rect(cy - ry, cy + ry, cx - rx, cx + rx, cls, tint,
+                  lambda yy, xx: ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0)
 
     def polygon(self, pts: list[tuple[float, float]], cls: int, tint: float = 1.0) -> None:
         """A convex polygon given as (y, x) vertices in order (either orientation)."""
@@ -94,7 +87,7 @@ class _Canvas:
             return np.logical_and.reduce([k >= 0 for k in cross]) | np.logical_and.reduce([k <= 0 for k in cross])
 
         ys, xs = [p[0] for p in pts], [p[1] for p in pts]
-        self._fill(min(ys), max(ys), min(xs), max(xs), cls, tint, inside)
+        self.rect(min(ys), max(ys), min(xs), max(xs), cls, tint, inside)
 
 
 def _person(c: _Canvas, rng: np.random.Generator, base: float, cx: float, s: float, cls: int = PERSON,
@@ -143,8 +136,7 @@ def _boxy(c: _Canvas, rng: np.random.Generator, base: float, cx: float, s: float
 def _two_wheeler(c: _Canvas, rng: np.random.Generator, base: float, cx: float, s: float, cls: int,
                  ridden: bool) -> None:
     size = c.h * 0.3 * s + 3  # wheel base length
-    r = size * (0.22 if cls == BIKE else 0.26)
-    thick = 0.7 if cls == BIKE else 1.0
+    r, thick = size * (0.22 if cls == BIKE else 0.26), 0.7 if cls == BIKE else 1.0
     for wx in (cx - size / 2, cx + size / 2):
         c.ellipse(base - r, wx, r, r * thick, cls, 0.5)
     frame_h = r * (1.2 if cls == BIKE else 1.6)
@@ -155,8 +147,7 @@ def _two_wheeler(c: _Canvas, rng: np.random.Generator, base: float, cx: float, s
 
 
 def _pole(c: _Canvas, rng: np.random.Generator, base: float, px: float, s: float) -> None:
-    pw = max(1.0, c.w * 0.008 * s)
-    ph = c.h * 0.85 * s + 6
+    pw, ph = max(1.0, c.w * 0.008 * s), c.h * 0.85 * s + 6
     c.rect(base - ph, base, px - pw / 2, px + pw / 2, POLE)
     if rng.random() < 0.5:  # traffic light: a dark box on an arm
         lw, lh = max(2.0, 2.5 * pw), max(4.0, 6.0 * pw)
@@ -212,24 +203,18 @@ def _background(c: _Canvas, rng: np.random.Generator, hz: float) -> None:
 
 def _ground(c: _Canvas, rng: np.random.Generator, st: _Street) -> None:
     """Road around the centre line, sidewalks, then verges (terrain, hedge or more pavement); markings, fence."""
-    h, w, hz = c.h, c.w, st.hz
-    y0 = int(np.ceil(hz))
-    d = (np.arange(y0, h)[:, None] + 0.5 - hz) / (h - hz)
-    centre, hw, sw = st.at(d)
+    h, w, hz, y0 = c.h, c.w, st.hz, int(np.ceil(st.hz))
+    centre, hw, sw = st.at((np.arange(y0, h)[:, None] + 0.5 - hz) / (h - hz))  # at each row's depth
     dx = np.arange(w)[None, :] + 0.5 - centre
     road, walk_l, walk_r = c.new(ROAD), c.new(SIDEWALK), c.new(SIDEWALK, 0.9)
-    verges = (TERRAIN, VEG, SIDEWALK)
-    outer_l = c.new(verges[rng.choice(3, p=[0.4, 0.2, 0.4])])
-    outer_r = c.new(verges[rng.choice(3, p=[0.4, 0.2, 0.4])], 1.1)
+    outer_l, outer_r = (c.new((TERRAIN, VEG, SIDEWALK)[rng.choice(3, p=[0.4, 0.2, 0.4])], t) for t in (1.0, 1.1))
     inst = np.where(np.abs(dx) < hw, road, np.where(dx < 0, np.where(dx > -sw, walk_l, outer_l),
                                                      np.where(dx < sw, walk_r, outer_r)))
-    c.inst[y0:] = inst
-    c.lab[y0:] = np.asarray(c.inst_cls, np.uint8)[inst]
+    c.inst[y0:], c.lab[y0:] = inst, np.asarray(c.inst_cls, np.uint8)[inst]
     if rng.random() < 0.6:  # dashed centre line: road class, painted lighter
         for k in range(4):
             da, db = (0.15 + 0.22 * k) ** 1.3, (0.25 + 0.22 * k) ** 1.3
-            (ca, _, _), (cb, _, _) = st.at(da), st.at(db)
-            mw = max(0.6, w * 0.006 * (da + db))
+            (ca, _, _), (cb, _, _), mw = st.at(da), st.at(db), max(0.6, w * 0.006 * (da + db))
             c.polygon([(st.row(da), ca - mw), (st.row(da), ca + mw), (st.row(db), cb + 2 * mw),
                        (st.row(db), cb - 2 * mw)], ROAD, 1.9)
     if rng.random() < 0.25:  # a parking bay (ignored in training)
@@ -238,8 +223,7 @@ def _ground(c: _Canvas, rng: np.random.Generator, st: _Street) -> None:
     if rng.random() < 0.55:  # a fence in perspective along one verge
         side = rng.choice([-1.0, 1.0])
         ya, yb = st.row(0.1), st.row(rng.uniform(0.25, 0.5))
-        xa = st.vx + side * w * rng.uniform(0.08, 0.2)
-        xb = 0.0 if side < 0 else float(w)
+        xa, xb = st.vx + side * w * rng.uniform(0.08, 0.2), 0.0 if side < 0 else float(w)
         c.polygon([(ya - h * 0.03, xa), (yb - h * rng.uniform(0.08, 0.14), xb), (yb, xb), (ya, xa)], FENCE)
 
 
@@ -251,8 +235,7 @@ def _objects(c: _Canvas, rng: np.random.Generator, st: _Street, force_train: boo
     def add(lo: float, hi: float, place: Callable[[float, float, float], float], draw: Callable[..., object],
             *args: object) -> None:
         d = rng.uniform(lo, hi)  # depth; also the object's scale
-        x = place(*st.at(d))
-        todo.append((st.row(d), partial(draw, c, rng, st.row(d), x, d, *args)))
+        todo.append((st.row(d), partial(draw, c, rng, st.row(d), place(*st.at(d)), d, *args)))
 
     for _ in range(rng.poisson(2.3)):
         add(0.08, 1.0, lambda cc, hw, sw: cc + hw * rng.uniform(-0.8, 0.8), _car)
@@ -275,9 +258,10 @@ def _objects(c: _Canvas, rng: np.random.Generator, st: _Street, force_train: boo
         draw()
 
 
-def draw_scene(rng: np.random.Generator, h: int, w: int, synthetic: bool, force_train: bool = False) -> _Canvas:
-    """Draw one scene's label map (Cityscapes label ids) and instance map."""
-    c = _Canvas(h, w, plates=synthetic)
+def draw_scene(rng: np.random.Generator, h: int, w: int, synthetic: bool, force_train: bool = False,
+               plates: bool | None = None) -> _Canvas:
+    """Draw one scene's label map (Cityscapes label ids) and instance map; licence plates (default: synthetic)."""
+    c = _Canvas(h, w, plates=synthetic if plates is None else plates)
     st = _Street(h, w, hz=h * rng.uniform(0.38, 0.5), vx=w * rng.uniform(0.35, 0.65),
                  shift=w * rng.uniform(-0.2, 0.2), road=rng.uniform(0.55, 0.9), walk=rng.uniform(0.04, 0.14))
     _background(c, rng, st.hz)
@@ -293,27 +277,23 @@ def draw_scene(rng: np.random.Generator, h: int, w: int, synthetic: bool, force_
 
 # Deliberately different palettes (id: (synthetic, real)): the domain gap is partly a colour shift.
 _COLOURS = {
-    UNLABELED: ((20, 20, 20), (10, 10, 10)), EGO: ((30, 30, 30), (35, 38, 45)),
-    GROUND: ((120, 100, 80), (95, 90, 85)), ROAD: ((120, 116, 112), (78, 76, 82)),
-    SIDEWALK: ((190, 170, 160), (135, 128, 132)), PARKING: ((150, 130, 140), (110, 100, 105)),
-    RAIL: ((110, 90, 70), (85, 80, 75)), BUILDING: ((170, 130, 100), (115, 108, 100)),
-    WALL: ((200, 190, 160), (145, 140, 130)), FENCE: ((150, 110, 60), (120, 110, 95)),
-    POLE: ((80, 80, 90), (95, 100, 105)), LIGHT: ((40, 60, 40), (30, 35, 35)), SIGN: ((240, 200, 30), (60, 90, 170)),
-    VEG: ((60, 160, 50), (55, 85, 40)), TERRAIN: ((170, 190, 90), (115, 125, 75)),
-    SKY: ((110, 170, 245), (180, 195, 210)), PERSON: ((200, 60, 80), (90, 60, 70)),
-    RIDER: ((230, 90, 40), (110, 70, 60)), CAR: ((40, 60, 200), (70, 75, 95)), BUS: ((240, 160, 30), (160, 120, 50)),
-    TRUCK: ((200, 200, 210), (150, 150, 155)), TRAIN: ((180, 40, 40), (120, 60, 55)),
-    MOTO: ((30, 30, 180), (50, 50, 90)), BIKE: ((150, 30, 60), (90, 40, 50)),
+    UNLABELED: ((20, 20, 20), (10, 10, 10)), EGO: ((30, 30, 30), (35, 38, 45)), GROUND: ((120, 100, 80), (95, 90, 85)),
+    ROAD: ((120, 116, 112), (78, 76, 82)), SIDEWALK: ((190, 170, 160), (135, 128, 132)),
+    PARKING: ((150, 130, 140), (110, 100, 105)), RAIL: ((110, 90, 70), (85, 80, 75)),
+    BUILDING: ((170, 130, 100), (115, 108, 100)), WALL: ((200, 190, 160), (145, 140, 130)),
+    FENCE: ((150, 110, 60), (120, 110, 95)), POLE: ((80, 80, 90), (95, 100, 105)), LIGHT: ((40, 60, 40), (30, 35, 35)),
+    SIGN: ((240, 200, 30), (60, 90, 170)), VEG: ((60, 160, 50), (55, 85, 40)),
+    TERRAIN: ((170, 190, 90), (115, 125, 75)), SKY: ((110, 170, 245), (180, 195, 210)),
+    PERSON: ((200, 60, 80), (90, 60, 70)), RIDER: ((230, 90, 40), (110, 70, 60)), CAR: ((40, 60, 200), (70, 75, 95)),
+    BUS: ((240, 160, 30), (160, 120, 50)), TRUCK: ((200, 200, 210), (150, 150, 155)),
+    TRAIN: ((180, 40, 40), (120, 60, 55)), MOTO: ((30, 30, 180), (50, 50, 90)), BIKE: ((150, 30, 60), (90, 40, 50)),
     GTA5_LICENSE_PLATE: ((225, 225, 210), (200, 200, 190)),
 }
 _PALETTES = np.full((2, 256, 3), 128.0, np.float32)  # [synthetic, real]
-for _k, _v in _COLOURS.items():
-    _PALETTES[:, _k] = _v
+_PALETTES[:, list(_COLOURS)] = np.swapaxes(list(_COLOURS.values()), 0, 1)
 # Vehicles and people take a random paint/clothing colour per instance, mixed with the class colour.
-_RANDOM_PAINT = np.zeros(256, bool)
-_RANDOM_PAINT[[PERSON, RIDER, CAR, TRUCK, BUS, MOTO, BIKE]] = True
-# Real-domain texture strength per class (relative brightness modulation).
-_TEXTURE = np.full(256, 0.06, np.float32)
+_RANDOM_PAINT = np.isin(np.arange(256), [PERSON, RIDER, CAR, TRUCK, BUS, MOTO, BIKE])
+_TEXTURE = np.full(256, 0.06, np.float32)  # real-domain texture strength per class (relative brightness modulation)
 _TEXTURE[[VEG, TERRAIN]], _TEXTURE[[ROAD, SIDEWALK, BUILDING, WALL]], _TEXTURE[SKY] = 0.3, 0.12, 0.03
 
 
@@ -336,16 +316,25 @@ def render(c: _Canvas, rng: np.random.Generator, synthetic: bool) -> np.ndarray:
     texture = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.8) * 2.0
     modulation = 1.0 + _TEXTURE[c.lab] * texture
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    windows = (c.lab == BUILDING) & (yy % 6 < 2) & (xx % 5 < 2)
-    modulation[windows] *= 0.7
+    modulation[(c.lab == BUILDING) & (yy % 6 < 2) & (xx % 5 < 2)] *= 0.7  # windows
     light = rng.uniform(0.75, 1.15) * (1 + rng.uniform(-0.3, 0.3) * (xx / w - 0.5) + rng.uniform(-0.2, 0.2) * (yy / h))
     img = img * (modulation * light)[..., None]
     img = gaussian_filter(img, (0.6, 0.6, 0)) + rng.normal(0, 3.0, img.shape)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
+# Drawn Cityscapes id -> the SYNTHIA id of its class name; void (0) where SYNTHIA has none or never uses it.
+_SYNTHIA_ID = {n: k for k, n in SYNTHIA_IDS.items() if n not in ("terrain", "truck", "train")}
+_TO_SYNTHIA = np.array([_SYNTHIA_ID.get(CITYSCAPES_IDS.get(k, ""), 0) for k in range(256)], np.uint16)
+
+
 def _save(array: np.ndarray, path: Path, palette: list[int] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if array.dtype == np.uint16:  # 16-bit RGB (SYNTHIA): Pillow cannot write it; OpenCV writes B, G, R
+        import cv2
+        if not cv2.imwrite(str(path), array[..., ::-1].copy(), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise DatasetError(f"cannot write {path}")
+        return
     im = Image.fromarray(array)
     if palette is not None:
         im.putpalette(palette)  # turns the 'L' image into mode 'P' with the indices unchanged
@@ -353,23 +342,27 @@ def _save(array: np.ndarray, path: Path, palette: list[int] | None = None) -> No
 
 
 def generate(root: Path, cfg: ToyCityConfig) -> None:
-    """Write the real set (``root/cityscapes``, Cityscapes layout) and the synthetic set (``root/gta5``)."""
+    """Write each layout's set under ``root``: cityscapes/, gta5/ and (``cfg.n_synthia > 0``) synthia/."""
     root = Path(root)
-    sets = (("train", cfg.n_real_train, TRAIN_CITIES), ("val", cfg.n_real_val, VAL_CITIES), ("", cfg.n_synthetic, ()))
+    sets = (("train", cfg.n_real_train, TRAIN_CITIES), ("val", cfg.n_real_val, VAL_CITIES), ("", cfg.n_synthetic, ()),
+            ("", cfg.n_synthia, ()))
     for stream, (split, n, cities) in enumerate(sets):
-        synthetic = not split
         for i in range(n):
             rng = np.random.default_rng([cfg.seed, stream, i])  # one stream per image: order-independent
-            c = draw_scene(rng, cfg.height, cfg.width, synthetic, force_train=i % 23 == 11)
-            if synthetic:
-                img_path, label_path = (root / "gta5" / d / f"{i + 1:05d}.png" for d in ("images", "labels"))
-            else:
+            c = draw_scene(rng, cfg.height, cfg.width, not split, force_train=i % 23 == 11, plates=stream == 2)
+            image, name = render(c, rng, not split), f"{i + 1:05d}.png"
+            if split:
                 city = cities[i % len(cities)]
                 stem = f"{city}_{i // len(cities):06d}_{19:06d}"  # Cityscapes frames are numbered ..._000019
-                img_path = root / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
-                label_path = root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
-            _save(render(c, rng, synthetic), img_path)
-            _save(c.lab, label_path, GTA5_PALETTE if synthetic else None)
+                _save(image, root / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+                _save(c.lab, root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+            elif stream == 2:
+                _save(image, root / "gta5" / "images" / name)
+                _save(c.lab, root / "gta5" / "labels" / name, GTA5_PALETTE)
+            else:  # SYNTHIA: class id in R, instance id of the dynamic (randomly painted) objects in G, B = 0
+                _save(image, root / "synthia" / "RGB" / name)
+                ids, inst = _TO_SYNTHIA[c.lab], np.where(_RANDOM_PAINT[c.lab], c.inst, 0).astype(np.uint16)
+                _save(np.stack([ids, inst, np.zeros_like(ids)], -1), root / "synthia" / "GT" / "LABELS" / name)
 
 
 def toycity_dir(cache_dir: str | Path, cfg: ToyCityConfig) -> Path:
@@ -397,9 +390,10 @@ def _publish(target: Path, cfg: ToyCityConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # only left when another process won the rename
 
 
-def ensure_toycity(cache_dir: str | Path, cfg: ToyCityConfig) -> tuple[Path, Path]:
-    """Generate the data once per config (safe across concurrent processes); return (cityscapes, gta5) roots."""
+def ensure_toycity(cache_dir: str | Path, cfg: ToyCityConfig) -> dict[str, Path]:
+    """Generate the data once per config (safe across concurrent processes); return the root of each layout."""
     target = toycity_dir(cache_dir, cfg)
     if not (target / MARKER).exists():
         _publish(target, cfg)
-    return target / "cityscapes", target / "gta5"
+    layouts = ("cityscapes", "gta5", "synthia") if cfg.n_synthia else ("cityscapes", "gta5")
+    return {layout: target / layout for layout in layouts}

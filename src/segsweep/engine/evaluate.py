@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from segsweep.data.labels import LabelSet
 from segsweep.engine.distributed import all_reduce_
+from segsweep.models.outputs import main_logits
 
 
 @dataclass
@@ -41,11 +43,13 @@ class EvalResult:
         present &= self.confusion.sum(1) > 0
         return float(np.nanmean(self.iou[present])) if present.any() else float("nan")
 
-    def metrics(self, class_names: list[str], rare: tuple[int, ...] = ()) -> dict[str, float]:
-        out = {"val/mIoU": self.miou, "val/pixel_acc": self.pixel_acc}
-        if rare:
+    def metrics(self, labels: LabelSet) -> dict[str, float]:
+        """val/mIoU over the evaluated classes (data.eval_classes; all by default) present in the ground truth,
+        val/mIoU_rare over the rare ones among them, pixel accuracy, and every class's IoU."""
+        out = {"val/mIoU": self.miou_over(labels.evaluated), "val/pixel_acc": self.pixel_acc}
+        if rare := tuple(c for c in labels.rare if c in labels.evaluated):
             out["val/mIoU_rare"] = self.miou_over(rare)
-        for name, v in zip(class_names, self.iou):
+        for name, v in zip(labels.classes, self.iou):
             if not np.isnan(v):
                 out[f"val/IoU/{name}"] = float(v)
         return out
@@ -77,7 +81,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, devic
             image = image.contiguous(memory_format=torch.channels_last)
         target = batch["label"].to(device, non_blocking=True)
         with autocast:
-            logits = model(image)["out"]
+            logits = main_logits(model(image), target.shape[-2:])
         confusion_update(confusion, logits.argmax(1), target, ignore_index)
     all_reduce_(confusion)  # data-parallel: each rank saw its share of the images
     model.train(was_training)

@@ -1,6 +1,7 @@
 """The iteration-based training loop.
 
-One step: batch to the device (non-blocking) -> forward (bf16 autocast with ``amp``) -> criterion (named terms,
+One step: batch to the device (non-blocking) -> forward (bf16 autocast with ``amp``; the output put in one shape
+by ``models.outputs``) -> criterion (named terms,
 sample-weighted, monitors; always float32) -> backward -> optimiser and lr step -> running sums on the device.
 Only a logging step reads numbers back to the host; evaluation runs every ``eval_every`` iterations and at the
 end. ``amp``, ``channels_last`` and ``compile`` act on every device, the CPU included (CPU autocast runs bf16,
@@ -23,9 +24,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from segsweep.config import TrainerConfig
+from segsweep.data.labels import LabelSet
 from segsweep.engine.distributed import SINGLE_PROCESS, World, any_rank, barrier, buffers_from_rank0
 from segsweep.engine.evaluate import EvalResult, evaluate
 from segsweep.losses import SegmentationCriterion
+from segsweep.models.outputs import standardize
 from segsweep.tracking.storage import MetricAccumulator
 from segsweep.tracking.writers import Writer
 
@@ -68,8 +71,7 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_las
 
 
 def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg: TrainerConfig,
-          device: torch.device, writers: list[Writer], class_names: list[str],
-          rare_classes: tuple[int, ...] = (),
+          device: torch.device, writers: list[Writer], labels: LabelSet,
           on_eval: Callable[[int, dict[str, float]], None] | None = None,
           checkpoint: Callable[[int], None] | None = None,
           stop_requested: Callable[[], bool] | None = None, world: World = SINGLE_PROCESS) -> EvalResult:
@@ -105,9 +107,9 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
         batch = to_device(next(batches), device, channels_last)
         data_time = time.perf_counter() - t0
 
-        with autocast:
-            outputs = forward(batch["image"])
-        loss = loss_fn(outputs, batch["label"], batch["loss_weight"], batch["domain"])
+        with autocast:  # any model's output, as {"out", "aux"} logits at the labels' size
+            outputs = standardize(forward(batch["image"]), batch["label"].shape[-2:])
+        loss = loss_fn(outputs, batch["label"], batch["loss_weight"], batch["source"])
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         optimizer.step()
@@ -127,8 +129,8 @@ def train(state: TrainState, train_loader: Iterable, val_loader: DataLoader, cfg
         if step % cfg.eval_every == 0 or last:
             t_eval = time.perf_counter()
             buffers_from_rank0(model)
-            result = evaluate(model, val_loader, len(class_names), device, amp, channels_last)
-            metrics = result.metrics(class_names, rare_classes)
+            result = evaluate(model, val_loader, labels.num_classes, device, amp, channels_last)
+            metrics = result.metrics(labels)
             emit(step, metrics)
             storage.period_start += time.perf_counter() - t_eval  # step times exclude evaluation
             error = None
