@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from needs import require
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -297,10 +298,10 @@ class _HostReads(TorchFunctionMode):
 HOST_READS = {torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy}
 
 
-def run_watched(monkeypatch, criterion=None, steps: int = 7, **options):
+def run_watched(monkeypatch, criterion=None, steps: int = 7, model=None, size: int = 16, **options):
     """The real loop under the detector, logging every 3 steps; flush (the logging read) and evaluation are the
     places allowed to read from the device."""
-    model = tiny_model()
+    model = model or tiny_model()
     optim = OptimConfig(warmup_iters=0)
     criterion = criterion or SegmentationCriterion(class_weight=CLASS_WEIGHT, num_classes=C, **LOSS)
     opt = build_optimizer(model, optim)
@@ -319,7 +320,7 @@ def run_watched(monkeypatch, criterion=None, steps: int = 7, **options):
 
     monkeypatch.setattr(MetricAccumulator, "flush", watched_flush)
     monkeypatch.setattr(trainer_module, "evaluate", watched_evaluate)
-    batches = make_batches()
+    batches = make_batches(size=size)
     options = {"amp": False, "channels_last": False, **options}
     cfg = TrainerConfig(max_iters=steps, log_every=3, eval_every=steps, progress_bar="off", **options)
     val = [{"image": batches[0]["image"], "label": batches[0]["label"]}]
@@ -328,6 +329,18 @@ def run_watched(monkeypatch, criterion=None, steps: int = 7, **options):
         train(TrainState(model, criterion, opt, build_scheduler(opt, steps, optim)),
               iter(batches[i % len(batches)] for i in range(steps)), val, cfg, torch.device("cpu"), [rec], NAMES)
     return rec, logged, detector
+
+
+@pytest.mark.parametrize("options", [{}, {"amp": True, "channels_last": True}], ids=["fp32", "bf16-channels_last"])
+def test_no_host_sync_with_a_segmentation_models_pytorch_model(monkeypatch, options):
+    """The loop's guarantee holds for a model it did not write: smp's Unet (a bare tensor of logits, through the
+    output adapter) on a ResNet-18 encoder."""
+    smp = require("segmentation_models_pytorch", 'pip install -e ".[models]"')
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=C)
+    rec, logged, _ = run_watched(monkeypatch, model=model, size=32, **options)
+    assert sorted(rec.rows) == [3, 6, 7] and len(logged) == 3 and "val/mIoU" in rec.rows[7]
+    assert "train/ce" in rec.rows[3] and "train/ce_0" not in rec.rows[3]  # one head
 
 
 @pytest.mark.parametrize("options", [{}, {"amp": True, "channels_last": True}], ids=["fp32", "bf16-channels_last"])

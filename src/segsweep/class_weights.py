@@ -56,7 +56,7 @@ def _flat_long(label: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(label, dtype=np.int64).ravel())  # a writable int64 copy of uint8 labels
 
 
-def count_labels(labels: Iterable[np.ndarray | torch.Tensor], num_classes: int = 19,
+def count_labels(labels: Iterable[np.ndarray | torch.Tensor], num_classes: int,
                  ignore_index: int = 255) -> LabelCounts:
     """Count train-id label maps; ignore_index is skipped, any other value outside 0..C-1 raises ValueError."""
     C = num_classes

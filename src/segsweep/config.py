@@ -93,9 +93,19 @@ class DatasetMixConfig:
     real_loss_weight: float = 1.0  # w_i of real samples in L = (1/N) sum_i w_i L_i
     synthetic_loss_weight: float = 0.5  # w_i of synthetic samples; 0 means synthetic samples do not train
     reduction: Literal["mean", "weight_normalized"] = "mean"  # (1/N) sum w_i L_i, or sum w_i L_i / sum w_i
-    sources: dict[str, SourceMixConfig] = field(default_factory=dict)  # per data.sources name, e.g. gta5.share
+    # per data.sources name: {share, loss_weight}, e.g. dataset_mix.sources.gta5.share=0.2 (no '+' needed)
+    sources: Any = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        typed = {}
+        for name, src in dict(self.sources or {}).items():
+            if isinstance(src, SourceMixConfig):
+                typed[name] = src
+                continue
+            bad = sorted(set(src or {}) - {"share", "loss_weight"})
+            _check(not bad, f"dataset_mix.sources.{name}", "keys share and loss_weight", bad)
+            typed[name] = SourceMixConfig(**(src or {}))
+        self.sources = typed
         for name, src in self.sources.items():
             for k in ("share", "loss_weight"):
                 v = getattr(src, k)
@@ -367,8 +377,8 @@ class Config:
         plan = plan_sources(self.data, self.dataset_mix)
         counts = batch_counts([p.share for p in plan], self.trainer.batch_size)
         for p, k in zip(plan, counts):
-            _check(p.share == 0 or k > 0, f"dataset_mix: share of source '{p.name}'",
-                   f"at least one sample of a batch of trainer.batch_size={self.trainer.batch_size}", p.share)
+            _check(p.share == 0 or k > 0, f"dataset_mix.sources.{p.name}.share", "a share that gives the source at "
+                   f"least one sample in a batch of trainer.batch_size={self.trainer.batch_size}", round(p.share, 6))
         counted = counted_sources(self.weighting.source, plan)
         _check(bool(counted) or self.weighting.method == "none", "weighting.source",
                f"sources that are trained on ({[p.name for p in plan if p.share > 0]}) or a domain that has one",
@@ -462,7 +472,12 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("num_classes"):  # ${num_classes:} in model configs: the label set's size
         OmegaConf.register_resolver("num_classes", lambda *, _root_: len(_root_.data.labels.classes))
     cs = ConfigStore.instance()
-    cs.store(name="segsweep_schema", node=Config, replace=True)
+    # dataset_mix.sources takes keys without '+' (dataset_mix.sources.synthia.loss_weight=0.3, also from a study's
+    # search space): the names are data.sources', which the schema cannot list; plan_sources checks them.
+    schema = OmegaConf.structured(Config)
+    schema.dataset_mix = DatasetMixConfig()  # the dataset_mix group's file merges into it
+    OmegaConf.set_struct(schema.dataset_mix.sources, False)
+    cs.store(name="segsweep_schema", node=schema, replace=True)
     register_model_schemas(cs)
 
 

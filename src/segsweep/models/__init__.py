@@ -81,7 +81,7 @@ def build_model(node: DictConfig) -> torch.nn.Module:
         kwargs.pop(k, None)
     try:
         model = instantiate(kwargs, _execution_whitelist_=[f"{p}.*" for p in allow] + allow)
-    except InstantiationException as e:
+    except (InstantiationException, TypeError, ImportError) as e:  # a wrong key or module: the config's fault
         cause = e.__cause__ or e
         hint = " (pip install -e '.[models]')" if isinstance(cause, ImportError) else ""
         raise ConfigError(f"config key 'model': cannot build {target}: {type(cause).__name__}: "

@@ -1,0 +1,18 @@
+"""Optional dependencies of some tests. Missing, such a test is skipped with one line naming what is missing and
+the command that installs it; under CI (CI=true, as .ci/run runs) it fails instead, so CI runs every test."""
+
+import importlib
+import os
+
+import pytest
+
+
+def require(module: str, install: str):
+    """The imported module, or a skip (a failure under CI) naming it and ``install``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        message = f"{module} is missing ({e}); install it with: {install}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
