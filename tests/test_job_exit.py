@@ -42,7 +42,8 @@ def bad_cache(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def truncated(images: Path) -> str:
-    return rf"cannot read {re.escape(str(images))}/\d{{5}}\.png: image file is truncated \(expected a valid image file\)"
+    return (rf"cannot read {re.escape(str(images))}/\d{{5}}\.png: image file is truncated "
+            r"\(expected a valid image file\)")
 
 
 @pytest.mark.parametrize("workers", [0, 1, 4])
