@@ -1,16 +1,25 @@
 """Training-step overhead of segsweep's loop against a bare 20-line loop, and logging's share of wall time.
 
 Both loops run the same model, criterion (the full recipe: combined CE + Dice, class weights, sample weights,
-monitors), optimiser and the same batches, held in memory so that data loading does not blur the comparison.
-They alternate for ``--rounds`` rounds; the medians are compared. Goals: loop ≤ 1.05× bare, logging ≤ 1 %.
+monitors), optimiser and the same batches, held in memory so that data loading does not blur the comparison, and
+the same numerics: ``--amp`` (bf16 autocast of the forward pass) and ``--channels-last`` (model and input images)
+are off by default, as in ``conf/trainer/default.yaml``, and apply to both loops alike. The loops alternate for
+``--rounds`` rounds; the medians are compared. Goals: loop ≤ 1.05× bare, logging ≤ 1 %.
 
-    python bench/bench_train.py                 # CPU, default UNet on 8×96×96 crops
-    python bench/bench_train.py --device cuda --model deeplabv3 --crop 512 --batch 8
+``--model smp`` is segmentation_models_pytorch's ``Unet`` (resnet18 encoder, no pretrained weights), which returns
+a bare tensor: the bare loop wraps it as ``{"out": logits}`` for the criterion, as a user's loop would; segsweep's
+loop puts it through its output adapter (``models.outputs.standardize``).
+
+    python bench/bench_train.py                 # CPU, default UNet on 8×96×96 crops, float32
+    python bench/bench_train.py --model smp --rounds 7
+    python bench/bench_train.py --amp --channels-last
+    python bench/bench_train.py --device cuda --model deeplabv3 --crop 512 --batch 8 --amp --channels-last
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -19,6 +28,7 @@ from pathlib import Path
 import torch
 
 from segsweep.config import DatasetMixConfig, LossConfig, OptimConfig, TrainerConfig
+from segsweep.data.labels import LabelSet
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
@@ -41,9 +51,19 @@ def make_batches(n: int, batch: int, crop: int, device: torch.device, real_ratio
     return [{k: v.to(device) for k, v in b.items()} for b in out]
 
 
+def make_model(name: str) -> torch.nn.Module:
+    if name == "smp":
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet(encoder_name="resnet18", encoder_weights=None, classes=19)
+    return UNet(19) if name == "unet" else DeepLabV3(19, width=32)
+
+
 def build(args, device):
     torch.manual_seed(0)
-    model = (UNet(19) if args.model == "unet" else DeepLabV3(19, width=32)).to(device)
+    model = make_model(args.model).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     weights = torch.rand(19, generator=torch.Generator().manual_seed(1)) + 0.5
     criterion = SegmentationCriterion.from_config(LossConfig(), DatasetMixConfig(), weights.to(device))
     opt_cfg = OptimConfig()
@@ -54,11 +74,19 @@ def build(args, device):
 def bare_loop(args, device, batches) -> float:
     model, criterion, optimizer, scheduler = build(args, device)
     model.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
     sync(device)
     t0 = time.perf_counter()
     for i in range(args.iters):
         b = batches[i % len(batches)]
-        loss = criterion(model(b["image"]), b["label"], b["loss_weight"], b["source"]).total
+        image = b["image"]
+        if args.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = model(image)
+        if args.model == "smp":  # a bare tensor of logits
+            out = {"out": out}
+        loss = criterion(out, b["label"], b["loss_weight"], b["source"]).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -89,8 +117,9 @@ def segsweep_loop(args, device, batches, tmp: Path) -> tuple[float, float]:
     state = TrainState(model, criterion, optimizer, scheduler)
     mlflow = MlflowWriter(f"sqlite:///{tmp}/mlflow.db", "bench")
     writers = [Timed(ConsoleWriter(args.iters)), Timed(JsonlWriter(tmp / "metrics.jsonl")), Timed(mlflow)]
+    # amp and channels_last explicitly: TrainerConfig's dataclass defaults (True, True) are not trainer=default's
     cfg = TrainerConfig(max_iters=args.iters, batch_size=args.batch, eval_every=10**9, log_every=args.log_every,
-                        progress_bar="off")
+                        progress_bar="off", amp=args.amp, channels_last=args.channels_last, device=str(device))
     # Time the accumulator too: its add() runs every step, its flush() once per logging period.
     add, flush = MetricAccumulator.add, MetricAccumulator.flush
 
@@ -111,7 +140,7 @@ def segsweep_loop(args, device, batches, tmp: Path) -> tuple[float, float]:
         t0 = time.perf_counter()
         # train() evaluates once at the end; on 2 small images that is well under 1 % of the wall time.
         train(state, iter(batches[i % len(batches)] for i in range(args.iters)), val, cfg, device, writers,
-              [str(c) for c in range(19)])
+              LabelSet.of([str(c) for c in range(19)]))
         sync(device)
         wall = time.perf_counter() - t0
     finally:
@@ -129,12 +158,14 @@ def sync(device):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="unet", choices=["unet", "deeplabv3"])
+    p.add_argument("--model", default="unet", choices=["unet", "deeplabv3", "smp"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass, in both loops")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model and images, in both loops")
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=96)
     p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,10 +181,20 @@ def main() -> None:
             logging_share.append(spent / wall)
             closes.append(close)
     b, o = statistics.median(bare), statistics.median(ours)
-    print(f"device={device} threads={torch.get_num_threads()} model={args.model} batch={args.batch} "
-          f"crop={args.crop} iters={args.iters} log_every={args.log_every} rounds={args.rounds}")
-    print(f"bare 20-line loop     : {1000 * b / args.iters:8.2f} ms/iter")
-    print(f"segsweep train()      : {1000 * o / args.iters:8.2f} ms/iter   ratio {o / b:.3f}x  (goal <= 1.05x)")
+    ratios = [x / y for x, y in zip(ours, bare)]  # each round's loop against the bare loop run just before it
+
+    def stats(xs: list[float]) -> str:
+        ms = [1000 * x / args.iters for x in xs]
+        return f"min {min(ms):7.2f}  median {statistics.median(ms):7.2f}  max {max(ms):7.2f} ms/iter  " \
+               f"spread {100 * (max(ms) - min(ms)) / statistics.median(ms):4.1f} %"
+
+    print(f"device={device} threads={torch.get_num_threads()} model={args.model} amp={args.amp} "
+          f"channels_last={args.channels_last} batch={args.batch} crop={args.crop} iters={args.iters} "
+          f"log_every={args.log_every} rounds={args.rounds}")
+    print(f"bare 20-line loop     : {stats(bare)}")
+    print(f"segsweep train()      : {stats(ours)}")
+    print(f"ratio of medians      : {o / b:.3f}x  (goal <= 1.05x); per round min {min(ratios):.3f} median "
+          f"{statistics.median(ratios):.3f} max {max(ratios):.3f}")
     print(f"logging (accumulator + console + jsonl + MLflow queue) : {100 * statistics.median(logging_share):.2f} % "
           f"of wall time  (goal <= 1 %)")
     print(f"MLflow drain at close (after training, off the step)   : {1000 * statistics.median(closes):.0f} ms")

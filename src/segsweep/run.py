@@ -28,6 +28,7 @@ from segsweep.engine.distributed import World, close_world, from_rank0, init_wor
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.preemption import StopSignals
 from segsweep.engine.trainer import Preempted, TrainState, train
+from segsweep.infer import val_panels
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import build_model, check_outputs
 from segsweep.seeds import run_seeds
@@ -228,6 +229,9 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         for w in writers[:-1] if mlflow else writers:
             w.close()
         figures = _plots(out_dir, result, list(criterion.weight_dict), labels) if main and typed.mlflow.plots else []
+        if main and typed.mlflow.plots and result is not None:  # image | ground truth | prediction
+            panels = val_panels(model, tv.val, labels, out_dir / "plots" / "val_panels.png", device=device)
+            figures += [panels] if panels else []
         if mlflow is not None:
             for path in figures:
                 mlflow.log_artifact(path, "plots")
@@ -239,7 +243,8 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
     metrics = result.metrics(labels)
     values = [float(metrics[n]) for n in names]
     if main:
-        save_atomic({"model": model.state_dict(), "iteration": state.iteration}, out_dir / "model_final.pt")
+        save_atomic({"model": model.state_dict(), "iteration": state.iteration, "labels": labels.to_dict()},
+                    out_dir / "model_final.pt")  # the label set: eval.py and predict.py check theirs against it
         ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
         rare = f"  val/mIoU_rare {metrics['val/mIoU_rare']:.4f}" if "val/mIoU_rare" in metrics else ""
         log.info("final: val/mIoU %.4f  val/pixel_acc %.4f%s  (%s)", metrics["val/mIoU"], metrics["val/pixel_acc"],

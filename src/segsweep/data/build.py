@@ -94,9 +94,7 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, labels: LabelSet, b
     skip = data.skip_mismatched
     trained = {p.name: open_source(p.name, p.config, source_root(p, data), data.train_split, labels, data.resize,
                                    skip) for p, k in zip(plan, counts) if k > 0}
-    val_plan = next(p for p in plan if p.name == data.val_source)
-    val = open_source(val_plan.name, val_plan.config, source_root(val_plan, data), data.val_split, labels,
-                      data.resize, skip)
+    val_loader, val = eval_loader(data, mix, labels, data.val_split, pin_memory, rank, world_size)
 
     train_tf = TrainTransform(data.crop_size, data.scale_range, data.hflip)
     used = [(p, k) for p, k in zip(plan, counts) if k > 0]
@@ -105,17 +103,27 @@ def build_train_val(data: DataConfig, mix: DatasetMixConfig, labels: LabelSet, b
                                  streams=[p.position for p, _ in used], start_batch=start_batch, rank=rank,
                                  world_size=world_size)
     workers = data.num_workers
-    if workers > 0:
-        atexit.unregister(_kill_workers_at_exit)  # registered once per process, after multiprocessing's hook
-        atexit.register(_kill_workers_at_exit)
     train_loader = DataLoader(
         SeededConcat(parts), batch_sampler=SeededBatches(sampler), num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
         # no worker seeding needed: SeededBatches gives every sample its own augmentation generator
     )
-    val_loader = DataLoader(
-        SourceDataset(val, val_plan.position, val_plan.loss_weight, EvalTransform()), batch_size=data.val_batch_size,
-        sampler=range(rank, len(val), world_size), num_workers=workers, collate_fn=collate,
+    return TrainVal(train_loader, val_loader, trained, val, plan, counts, sampler)
+
+
+def eval_loader(data: DataConfig, mix: DatasetMixConfig, labels: LabelSet, split: str, pin_memory: bool = False,
+                rank: int = 0, world_size: int = 1) -> tuple[DataLoader, PairedSegmentation]:
+    """One ordered pass over ``split`` of ``data.val_source`` (every ``world_size``-th image from ``rank``)."""
+    plan = next(p for p in plan_sources(data, mix) if p.name == data.val_source)
+    ds = open_source(plan.name, plan.config, source_root(plan, data), split, labels, data.resize,
+                     data.skip_mismatched)
+    workers = data.num_workers
+    if workers > 0:
+        atexit.unregister(_kill_workers_at_exit)  # registered once per process, after multiprocessing's hook
+        atexit.register(_kill_workers_at_exit)
+    loader = DataLoader(
+        SourceDataset(ds, plan.position, plan.loss_weight, EvalTransform()), batch_size=data.val_batch_size,
+        sampler=range(rank, len(ds), world_size), num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
     )
-    return TrainVal(train_loader, val_loader, trained, val, plan, counts, sampler)
+    return loader, ds
