@@ -88,7 +88,8 @@ def test_answer_and_tables_from_stored_values(tmp_path):
     mean = sum(TOP1) / 3
     sd = math.sqrt(sum((v - mean) ** 2 for v in TOP1) / 2)
     half = T975_2 * sd / math.sqrt(3)
-    md, _, p = paired_by_hand(TOP1, PLAIN)
+    md, h, p = paired_by_hand(TOP1, PLAIN)
+    lo = md - h
     # Holm over the 5 comparisons (top1, top2 vs 2 baselines; real_only vs plain_ce): m * p for the smallest ...
     ps = sorted([paired_by_hand(x, y)[2] for x, y in ((TOP1, PLAIN), (TOP1, REAL), (TOP2, PLAIN), (TOP2, REAL),
                                                        (REAL, PLAIN))])
@@ -100,8 +101,14 @@ def test_answer_and_tables_from_stored_values(tmp_path):
     assert len(r.comparisons) == 5
     expected = (f"best: weighting=sqrt_inv_freq, α = 0.63, synthetic weight 0.21 (top1) — val/mIoU {mean:.3f} "
                 f"± {half:.3f} (95 % CI, 3 seeds), {md:+.3f} over plain_ce (paired t over 3 seeds, "
-                f"Holm-corrected p = {q:.3f}) [confirmed on fresh seeds].")
+                f"Holm-corrected p = {q:.3f}): better by at least the minimum effect 0.01 [confirmed on fresh "
+                "seeds].")
+    # differences of about +0.2 with a CI far above the default minimum effect 0.01: "better"
+    assert r.min_effect == 0.01 and lo > 0.01
     assert r.answer == expected
+    # the same gain against larger margins: CI [lo, hi] straddles 0.2 (undecided), lies inside ±0.25 (equivalent)
+    assert lo < 0.2 < md + h and "undecided at the minimum effect 0.2 (" in build(study, min_effect=0.2).answer
+    assert "equivalent within ±0.25" in build(study, min_effect=0.25).answer
     assert r.warning and "top2" in r.warning  # top1's lead over top2 is within the seed noise
 
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from segsweep import stats
 
@@ -118,3 +119,50 @@ def test_pooled_noise_and_margin():
     h = 3.182446305284263 * s * math.sqrt(2 / 3)
     within, _ = stats.margin_within_noise({0: 0.63, 1: 0.63, 2: 0.63}, {5: 0.62, 6: 0.62, 7: 0.62}, s, dof)
     assert within is (0.01 <= h)
+
+
+# --- practical significance: better / equivalent / undecided against a minimum effect ---------------------------
+# t quantiles written out (scipy.stats.t.ppf): 2 dof 0.975 -> 4.302652729911275, 0.95 -> 2.919985580355516
+
+
+def test_better_by_at_least_the_margin():
+    a, b = [0.50, 0.52, 0.51], [0.47, 0.48, 0.475]  # differences 0.03, 0.04, 0.035: mean 0.035, sd 0.005
+    p = stats.paired(a, b)
+    h = 4.302652729911275 * 0.005 / math.sqrt(3)
+    assert (p.ci_low, p.ci_high) == pytest.approx((0.035 - h, 0.035 + h), rel=1e-9)
+    v = stats.verdict(p, 0.01)
+    assert v.kind == stats.BETTER and 0.035 - h > 0.01 and v.seeds is None
+    assert stats.verdict(stats.paired(b, a), 0.01).kind == stats.WORSE
+
+
+def test_equivalent_inside_the_margin_by_tost_checked_against_scipy():
+    a, b = [0.500, 0.510, 0.505], [0.500, 0.508, 0.506]  # differences 0, 0.002, -0.001
+    p = stats.paired(a, b)
+    v = stats.verdict(p, 0.01)
+    d = [0.0, 0.002, -0.001]
+    lower = sps.ttest_1samp(d, -0.01, alternative="greater").pvalue  # H0: diff <= -m
+    upper = sps.ttest_1samp(d, 0.01, alternative="less").pvalue  # H0: diff >= +m
+    assert v.tost_p == pytest.approx(max(lower, upper), rel=1e-9)
+    assert v.kind == stats.EQUIVALENT and v.tost_p < 0.05
+    # TOST at 5 % each is the 90 % interval inside (-m, m): by hand with t(0.95, 2)
+    mean, sd = sum(d) / 3, stats.summarize(d).std
+    h90 = 2.919985580355516 * sd / math.sqrt(3)
+    assert -0.01 < mean - h90 and mean + h90 < 0.01
+
+
+def test_straddling_the_margin_is_undecided_with_the_seeds_that_would_decide():
+    # differences 0.012, 0.020, 0.016: mean 0.016, sd 0.004; 95 % CI [0.00606, 0.02594] straddles 0.01
+    a, b = [0.612, 0.620, 0.616], [0.6, 0.6, 0.6]
+    p = stats.paired(a, b)
+    v = stats.verdict(p, 0.01)
+    assert v.kind == stats.UNDECIDED and p.ci_low < 0.01 < p.ci_high and p.ci_low > 0  # significant, not decided
+    # by hand: the smallest n with t(0.975, n-1) * 0.004 / sqrt(n) < 0.016 - 0.01 = 0.006
+    n = next(n for n in range(2, 101) if sps.t.ppf(0.975, n - 1) * 0.004 / math.sqrt(n) < 0.006)
+    assert v.seeds == n == 5
+    assert "~5 seeds" in v.describe()
+    # the README's example measured on two machines (+0.0054, CI [-0.0224, +0.0332] and +0.0137, CI [+0.0080,
+    # +0.0194]): both straddle the 0.01 margin, so both verdicts are "undecided", whatever the p-values said
+    for mean, lo, hi in ((0.0054, -0.0224, 0.0332), (0.0137, 0.0080, 0.0194)):
+        sd = (hi - lo) / 2 / 4.302652729911275 * math.sqrt(3)
+        measured = stats.Paired(3, mean, sd, lo, hi, math.nan, math.nan, "t")
+        assert stats.verdict(measured, 0.01).kind == stats.UNDECIDED

@@ -326,6 +326,9 @@ class StudyConfig:
     seeds: list[int] | None = None  # the search's seeds (the first `repeats` are used); null: trainer.seed + 0, 1, ...
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     baselines: Any = None  # {name: [Hydra overrides]}, e.g. {plain_ce: [loss=ce, weighting=none]} (confirmed too)
+    # the smallest difference in the objective worth having: the report calls a gain better, equivalent or
+    # undecided against it (0.01 mIoU = one point; segsweep.stats.DEFAULT_MIN_EFFECT says why)
+    min_effect: float = 0.01
     name: str | None = None  # the Optuna study (also the MLflow parent run's name)
     storage: str | None = None  # its storage URL
     trial_id: int | None = None  # the trial this job evaluates
@@ -350,6 +353,8 @@ class StudyConfig:
         _check(self.heartbeat_interval is None or self.grace_period > self.heartbeat_interval,
                "study.grace_period", "more seconds than study.heartbeat_interval", self.grace_period)
         _check(self.max_retries >= 0, "study.max_retries", "an integer >= 0", self.max_retries)
+        _check(_finite(self.min_effect) and self.min_effect >= 0, "study.min_effect", "a number >= 0",
+               self.min_effect)
 
 
 @dataclass

@@ -110,6 +110,7 @@ class StudyReport:
     warning: str | None = None
     importances: dict[str, float] = field(default_factory=dict)
     answer: str = ""
+    min_effect: float = stats.DEFAULT_MIN_EFFECT  # the smallest difference worth having (study.min_effect)
     classes: list[str] = field(default_factory=list)  # the study's label set, in train-id order
     rare: set[str] = field(default_factory=set)
 
@@ -131,8 +132,9 @@ def _rank(configs: list[Config], maximize: bool) -> list[Config]:
     return sorted(configs, key=lambda c: (-c.summary.mean if maximize else c.summary.mean, c.trials[0]))
 
 
-def build(study: optuna.Study) -> StudyReport:
-    """Everything the report says about one single-objective study, from its stored per-seed values."""
+def build(study: optuna.Study, min_effect: float | None = None) -> StudyReport:
+    """Everything the report says about one single-objective study, from its stored per-seed values;
+    ``min_effect``: the study's own (a study attr written by the sweeper) unless given."""
     if len(study.directions) > 1:
         r = StudyReport(study.study_name, "objectives", True, {}, [], [])
         r.answer = (f"Study {study.study_name!r} has {len(study.directions)} objectives: its answer is the Pareto "
@@ -149,6 +151,8 @@ def build(study: optuna.Study) -> StudyReport:
     counts["confirm"] = sum(t.state == TrialState.COMPLETE for t in trials if confirm.is_confirm(t))
     r = StudyReport(study.study_name, objective, maximize, counts, search, confirmed)
     r.classes, r.rare = _label_set(trials)
+    r.min_effect = float(min_effect if min_effect is not None else
+                         study.user_attrs.get("min_effect", stats.DEFAULT_MIN_EFFECT))
     pool = confirmed or search
     if not pool:
         r.answer = f"No complete trial yet in study {study.study_name!r}: nothing to report."
@@ -194,12 +198,12 @@ def _answer(r: StudyReport) -> str:
         p = stats.paired(b.values, r.reference.values)
         q = pair[1] if pair else p.p
         text += (f", {p.mean_diff:+.3f} over {r.reference.label} (paired t over {p.n} seeds, "
-                 f"Holm-corrected p = {fmt_p(q)})")
+                 f"Holm-corrected p = {fmt_p(q)}): {stats.verdict(p, r.min_effect).describe()}")
     elif r.after is not None and r.after is not b:  # the baseline itself is best
         pair = next((q for c, bb, _, q in r.comparisons if c is r.after and bb is b), math.nan)
         p = stats.paired(r.after.values, b.values)
         text += (f"; no searched configuration beats it (the best, {r.after.label}: {p.mean_diff:+.3f}, paired t "
-                 f"over {p.n} seeds, Holm-corrected p = {fmt_p(pair)})")
+                 f"over {p.n} seeds, Holm-corrected p = {fmt_p(pair)}: {stats.verdict(p, r.min_effect).describe()})")
     return text + f" [{where}]."
 
 
@@ -312,11 +316,15 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
         out.append(("img", "ranked", png))
     if r.comparisons:
         rows = [[x.label, b.label, str(p.n), f"{p.mean_diff:+.4f}",
-                 "n/a" if math.isnan(p.ci_low) else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]", fmt_p(p.p), fmt_p(q)]
-                for x, b, p, q in r.comparisons]
+                 "n/a" if math.isnan(p.ci_low) else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]", fmt_p(p.p), fmt_p(q),
+                 stats.verdict(p, r.min_effect).describe()] for x, b, p, q in r.comparisons]
         out += [("h3", "Paired differences to the baselines"),
+                ("p", f"A gain matters when it is at least the study's minimum effect, {r.min_effect:.3g} "
+                      f"{r.objective} (study.min_effect): *better* when the whole 95 % interval lies above it, "
+                      "*equivalent* when two one-sided tests (TOST, 5 % each) put the difference inside ± it, "
+                      "*undecided* otherwise, with the seeds that would likely decide from the observed spread."),
                 ("table", ["configuration", "baseline", "n pairs", "mean difference", "95 % CI", "p (paired t)",
-                           "p (Holm)"], rows)]
+                           "p (Holm)", "verdict"], rows)]
         if (png := _fig_diffs(r)) is not None:
             out.append(("img", "differences", png))
     if r.before is not None and r.after is not None and r.after.iou:
@@ -439,13 +447,13 @@ def _atomic(path: Path, data: str | bytes) -> Path:
 
 
 def write_report(studies: Sequence[optuna.Study], out_dir: Path, summary_dir: Path | None = None,
-                 client=None, parent_run_id: str | None = None) -> list[Path]:
+                 client=None, parent_run_id: str | None = None, min_effect: float | None = None) -> list[Path]:
     """Write ``report.md``, ``report.html`` (and the md's PNGs) into ``out_dir``; with ``client`` and
     ``parent_run_id`` also log report.md and report.html under ``study/`` of the study's MLflow parent run.
     Returns the paths, report.md and report.html first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reports = [build(s) for s in studies]
+    reports = [build(s, min_effect) for s in studies]
     bs: list[tuple] = [("h1", "Study report: " + ", ".join(r.name for r in reports))]
     if len(reports) > 1:
         bs.append(("table", ["study", "answer"], [[r.name, r.answer] for r in reports]))
@@ -483,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--storage", help="an Optuna storage URL")
     ap.add_argument("--study", action="append", default=[], help="a study in --storage (repeatable)")
     ap.add_argument("--out", type=Path, help="where report.md and report.html go")
+    ap.add_argument("--min-effect", type=float, help="the smallest difference worth having (default: the study's "
+                    "study.min_effect)")
     a = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies = [_from_dir(d) for d in a.dirs]
@@ -494,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_dir = len(studies) == 1 and len(a.dirs) == 1
     out = a.out or (a.dirs[0] / "study_summary" if one_dir else Path("report"))
     summary = a.dirs[0] / "study_summary" if one_dir else None
-    paths = write_report(studies, out, summary)
-    print(build(studies[0]).answer if len(studies) == 1 else "\n".join(build(s).answer for s in studies))
+    paths = write_report(studies, out, summary, min_effect=a.min_effect)
+    print("\n".join(build(s, a.min_effect).answer for s in studies))
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 

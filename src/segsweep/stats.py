@@ -160,3 +160,78 @@ def margin_within_noise(best: Mapping, runner_up: Mapping, noise_std: float, noi
         return True, "no repeated seeds: the seed noise is unknown"
     h = float(sps.t.ppf(0.5 + level / 2, noise_dof)) * noise_std * math.sqrt(1 / len(best) + 1 / len(runner_up))
     return bool(abs(ma - mb) <= h), f"margin {ma - mb:+.4f} against ±{h:.4f} (pooled seed noise, {noise_dof} dof)"
+
+
+# Practical significance: is a difference large enough to matter? A study declares the smallest difference worth
+# having (study.min_effect, in the objective's units); each paired comparison then lands in one of four cases.
+BETTER, WORSE, EQUIVALENT, UNDECIDED = "better", "worse", "equivalent", "undecided"
+# 0.01 mIoU (one point): segmentation papers claim gains of a point or more and report seed-to-seed standard
+# deviations of a few tenths of a point on Cityscapes, so a smaller gain is not one a researcher would act on.
+DEFAULT_MIN_EFFECT = 0.01
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where a paired difference stands against the margin ``m`` (two-sided 95 % t interval [lo, hi]):
+
+    - ``better``: lo > +m (better by at least the margin); ``worse``: hi < -m;
+    - ``equivalent``: the two one-sided tests (TOST) reject |diff| >= m at 5 % each, i.e. the 90 % interval lies
+      inside (-m, +m);
+    - ``undecided``: anything else; ``seeds`` is how many paired seeds would likely decide it if the mean and the
+      spread of the differences stayed as observed (None: more than 100, or a mean on the margin itself).
+    """
+
+    kind: str
+    margin: float
+    tost_p: float  # max of the two one-sided p-values (equivalence when < 0.05)
+    seeds: int | None
+
+    def describe(self) -> str:
+        m = f"{self.margin:.3g}"
+        if self.kind == BETTER:
+            return f"better by at least the minimum effect {m}"
+        if self.kind == WORSE:
+            return f"worse by at least the minimum effect {m}"
+        if self.kind == EQUIVALENT:
+            return f"equivalent within ±{m} (TOST p = {self.tost_p:.3f})"
+        more = f"~{self.seeds} seeds would likely decide" if self.seeds else "more seeds than practical to decide"
+        return f"undecided at the minimum effect {m} ({more})"
+
+
+def tost_p(p: Paired, margin: float) -> float:
+    """TOST p-value for equivalence within ±margin: max of P(T > (d + m) / se) and P(T < (d - m) / se)."""
+    if p.n < 2 or not p.std_diff > 0:
+        return 0.0 if p.n >= 2 and abs(p.mean_diff) < margin else 1.0
+    se = p.std_diff / math.sqrt(p.n)
+    lower = float(sps.t.sf((p.mean_diff + margin) / se, p.n - 1))
+    upper = float(sps.t.cdf((p.mean_diff - margin) / se, p.n - 1))
+    return max(lower, upper)
+
+
+def seeds_to_decide(mean: float, std: float, margin: float, max_seeds: int = 100) -> int | None:
+    """The fewest paired seeds n whose interval, with this mean and spread of differences, would clear the margin:
+    t(0.975, n-1) s / sqrt(n) < |mean| - m (better/worse), or t(0.95, n-1) s / sqrt(n) < m - |mean|
+    (equivalent)."""
+    gap = abs(abs(mean) - margin)
+    if not (std > 0) or gap == 0:
+        return None
+    level = 0.95 if abs(mean) > margin else 0.90
+    for n in range(2, max_seeds + 1):
+        if t_quantile(n, level) * std / math.sqrt(n) < gap:
+            return n
+    return None
+
+
+def verdict(p: Paired, margin: float) -> Verdict:
+    """The practical verdict of a paired comparison against the minimum effect ``margin`` (>= 0)."""
+    tp = tost_p(p, margin)
+    if p.n >= 2 and p.ci_low > margin:
+        kind = BETTER
+    elif p.n >= 2 and p.ci_high < -margin:
+        kind = WORSE
+    elif p.n >= 2 and tp < 0.05:
+        kind = EQUIVALENT
+    else:
+        kind = UNDECIDED
+    seeds = seeds_to_decide(p.mean_diff, p.std_diff, margin) if kind == UNDECIDED and p.n >= 2 else None
+    return Verdict(kind, margin, tp, seeds)

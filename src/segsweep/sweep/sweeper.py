@@ -140,6 +140,9 @@ class StudySweeper(Sweeper):
             self.watch = StaleWatch(storage, int(interval), int(self._opt("grace_period", 60))) if interval else None
             resumed, stale = self._recover(study)
             self._enqueue(study)
+            min_effect = OmegaConf.select(self.config, "study.min_effect")
+            if min_effect is not None and study.user_attrs.get("min_effect") != min_effect:
+                study.set_user_attr("min_effect", float(min_effect))  # the report's margin
             metric_names = OmegaConf.select(self.config, "objective")
             if len(directions) > 1 and not isinstance(metric_names, str):
                 study.set_metric_names(list(metric_names))
