@@ -34,5 +34,35 @@ def main(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
+HELP = """python train.py [group=option ...] [key=value ...]      one run (see conf/config.yaml)
+python train.py -m [sweeps=<study>] [key=value ...]     a study (sweeps/*.yaml), resumed by the same command
+python eval.py ckpt=<run dir> | python predict.py ckpt=<run dir> input=<images> output=<folder>
+
+Config groups (group=option; * the default):
+{groups}
+python train.py --cfg job [overrides]   the composed config;   --hydra-help   Hydra's own options."""
+
+
+def print_help() -> None:
+    """The config groups from the files users edit (conf/ and sweeps/), not Hydra's listing, which also shows
+    the internal *_schema entries of the ConfigStore and leaves out the studies."""
+    import yaml
+
+    root = Path(__file__).resolve().parent
+    defaults = {k: v for d in yaml.safe_load((root / "conf" / "config.yaml").read_text())["defaults"]
+                if isinstance(d, dict) for k, v in d.items()}
+    groups = {p.parent.relative_to(root / "conf").as_posix(): None for p in sorted((root / "conf").rglob("*.yaml"))
+              if p.parent != root / "conf" and not p.parent.relative_to(root / "conf").as_posix().startswith("hydra")}
+    def options(group: str, folder: Path) -> str:
+        return ", ".join(f.stem + ("*" if defaults.get(group) == f.stem else "") for f in sorted(folder.glob("*.yaml")))
+
+    lines = [f"  {g}: {options(g, root / 'conf' / g)}" for g in groups]
+    lines.append(f"  sweeps: {options('sweeps', root / 'sweeps')}   (with -m)")
+    print(HELP.format(groups="\n".join(lines)))
+
+
 if __name__ == "__main__":
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print_help()
+        sys.exit(0)
     main()

@@ -91,6 +91,14 @@ def test_a_five_class_label_set_speaks_its_names_in_the_run_mlflow_and_report(tm
     assert runs
     names = {k[len("val/IoU/"):] for r in runs for k in r.data.metrics if k.startswith("val/IoU/")}
     assert names and names <= set(FIVE) and {"flat", "construction"} <= names
+    # a study without a search names no "best search trial": its confirmed best configuration, with its interval
+    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("segsweep.role") == "study"]
+    assert "best_trial" not in parent.data.tags and parent.data.tags["best_config"] in ("plain_ce", "combined")
+    best = parent.data.tags["best_config"]
+    assert parent.data.tags["best_config_mean"] == f"{parent.data.metrics[f'confirm/{best}/mean']:.4f}"
+    assert {"confirm/plain_ce/mean", "confirm/plain_ce/ci_low", "confirm/combined/std",
+            "confirm/combined/diff_vs_plain_ce"} <= set(parent.data.metrics)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
     # the study report: per-class table in the label set's order, its rare class marked
     study = optuna.load_study(study_name="five", storage=f"sqlite:///{tmp_path}/multirun/optuna.db")
     assert all(t.user_attrs["labels"]["classes"] == FIVE for t in study.trials)

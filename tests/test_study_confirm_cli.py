@@ -3,6 +3,7 @@ baseline on 2 fresh seeds), interrupted with Ctrl-C during its confirmation stag
 command; its report names the best configuration and holds every table."""
 
 import os
+import re
 import signal
 import subprocess
 
@@ -42,7 +43,8 @@ def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_d
     before = study(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in before if t.user_attrs.get("stage") == "confirm") < 4
 
-    sweep(tmp_path, cache_dir, *EXTRA)  # the same command resumes inside the confirmation stage
+    resumed = sweep(tmp_path, cache_dir, *EXTRA)  # the same command resumes inside the confirmation stage
+    console = resumed.stdout + resumed.stderr
 
     trials = study(tmp_path).trials
     search = [t for t in trials if t.user_attrs.get("stage") != "confirm"]
@@ -76,6 +78,21 @@ def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_d
         else:
             assert float(params["loss.ce_weight"]) == best.params["loss.ce_weight"]
 
+    # what the console said: a line per launch and per finished trial (its stage, value, configuration), the
+    # study line with counts and the confirmed best so far; no launcher override dumps, no third-party noise
+    for t in done:
+        label = f"{t.user_attrs['confirm_config']} seed {t.user_attrs['seeds'][0]}"
+        if t.number > interrupted[0].number:  # trained by the resumed sweeper
+            assert f"trial {t.number} launched (confirm): {label}" in console, console[-3000:]
+            assert f"trial {t.number} (confirm) {t.value:.4f} val/mIoU in " in console
+    assert re.search(r"study smoke confirmation \d/4 done \d running \d queued \| best (top1|plain_ce) "
+                     r"0\.\d{4} \(\d seeds\) \| \d+:\d\d", console), console[-3000:]
+    assert "#0 : " not in console and "Fixed parameter" not in console and "ExperimentalWarning" not in console
+    assert "Creating initial MLflow database tables" not in console
+    long = [line for line in console.splitlines() if "][INFO] " in line and len(line) > 120 and "/" not in
+            line.split("][INFO] ")[1]]  # lines that name a path may be longer
+    assert not long, long
+
     report = (tmp_path / "multirun" / "study_summary" / "report.md").read_text()
     # the answer, recomputed here from the stored per-seed values: mean, t interval (t_0.975 with 1 dof), paired gain
     seeds = {c: {t.user_attrs["seeds"][0]: t.value for t in done if t.user_attrs["confirm_config"] == c}
@@ -93,3 +110,11 @@ def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_d
                   "Real vs synthetic at the end of training", "Seed noise and the spread of the search"):
         assert f"### {title}" in report, title
     assert (tmp_path / "multirun" / "study_summary" / "report.html").read_text().count("data:image/png;base64,") >= 1
+    # the parent run's metrics, from the same per-seed values: each confirmed configuration's mean and interval,
+    # its paired difference to the reference (plain_ce), the search's best value
+    m = parent.data.metrics
+    assert m["confirm/top1/mean"] == pytest.approx(mean["top1"]) and m["confirm/plain_ce/mean"] == pytest.approx(
+        mean["plain_ce"])
+    assert m["confirm/top1/diff_vs_plain_ce"] == pytest.approx(gain)
+    assert m["search/best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["best_config"] == winner

@@ -2,6 +2,7 @@
 completion and MLflow linkage, resume after a kill or Ctrl-C, a failing trial, a pruned trial."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,10 +202,16 @@ def test_multi_objective_study_records_the_pareto_front(tmp_path, cache_dir):
 
 @pytest.mark.slow  # pruned trials in local job processes run by default in test_job_exit (with loader workers)
 def test_trials_in_local_subprocesses_prune_and_link_to_the_parent(tmp_path, cache_dir):
-    sweep(tmp_path, cache_dir, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
-          "pruner=threshold", "study.pruner.lower=0.99")
+    done = sweep(tmp_path, cache_dir, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
+                 "pruner=threshold", "study.pruner.lower=0.99")
     trials = study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2  # told by the jobs, from their own processes
+    console = done.stdout + done.stderr  # the same lines as with the basic launcher, from the sweeper
+    for t in trials:
+        assert f"trial {t.number} launched (search): " in console
+        assert re.search(rf"trial {t.number} \(search\) pruned at step 3 \(0\.\d{{4}}\) in \d+:\d\d: ce_weight=",
+                         console), console[-2000:]
+    assert "study smoke search 2/2 done 0 running 0 queued" in console and "#0 : " not in console
     logs = sorted((tmp_path / "multirun" / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2  # one submitit job (a separate process) per trial
     _, parent, children = runs(tmp_path)

@@ -21,6 +21,7 @@ PARAMS = [  # (params, values) of the COMPLETE trials, in order; trial 1 is the 
     ({W: 0.2, CE: 0.5, WEIGHTING: "none"}, (0.40, 0.30)),
     ({W: 0.5, CE: 0.7, WEIGHTING: "sqrt_inv_freq"}, (0.55, 0.20)),
     ({W: 0.8, CE: 0.3, WEIGHTING: "inverse_freq"}, (0.48, 0.35)),
+    ({W: 0.35, CE: 0.45, WEIGHTING: "none"}, (0.45, 0.25)),  # the 4th: enough for the plots of the space
 ]
 STEPS = (10, 20, 30)
 
@@ -52,7 +53,7 @@ def _suggest(trial, params):
     trial.suggest_categorical(WEIGHTING, ["none", "inverse_freq", "sqrt_inv_freq"])
 
 
-def _study(client, exp, parent, n_complete=3, multi=False, extra_states=True):
+def _study(client, exp, parent, n_complete=4, multi=False, extra_states=True):
     """COMPLETE trials from PARAMS, then one PRUNED, one FAIL and one RUNNING trial; returns study, run ids."""
     study = optuna.create_study(directions=["maximize"] * (2 if multi else 1))
     study.set_metric_names(["val/mIoU", "val/mIoU_rare"] if multi else ["val/mIoU"])
@@ -108,17 +109,17 @@ def test_single_objective_summary(store, tmp_path):
         rows = list(reader)
     assert reader.fieldnames[:3] == ["number", "state", "val/mIoU"]
     assert {W, CE, WEIGHTING, "duration_s", "mlflow_run_id", "fail_reason"} <= set(reader.fieldnames)
-    assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 3 + ["PRUNED", "FAIL", "RUNNING"]
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4", "5", "6"]
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 4 + ["PRUNED", "FAIL", "RUNNING"]
     for r, (params, values) in zip(rows, PARAMS):
         assert float(r["val/mIoU"]) == pytest.approx(values[0])
         assert float(r[W]) == pytest.approx(params[W]) and float(r[CE]) == pytest.approx(params[CE])
         assert r[WEIGHTING] == params[WEIGHTING]
         assert r["mlflow_run_id"] == runs[int(r["number"])] and float(r["duration_s"]) >= 0
-    assert float(rows[3]["val/mIoU"]) == 0.15 and rows[3][WEIGHTING] == "none"  # pruned: last reported value
-    assert rows[4]["val/mIoU"] == "" and rows[5]["val/mIoU"] == ""
-    assert rows[4]["fail_reason"] == "CUDA out of memory" and rows[4]["mlflow_run_id"] == runs[4]
-    assert rows[5]["mlflow_run_id"] == "" and rows[5]["duration_s"] == ""
+    assert float(rows[4]["val/mIoU"]) == 0.15 and rows[4][WEIGHTING] == "none"  # pruned: last reported value
+    assert rows[5]["val/mIoU"] == "" and rows[6]["val/mIoU"] == ""
+    assert rows[5]["fail_reason"] == "CUDA out of memory" and rows[5]["mlflow_run_id"] == runs[5]
+    assert rows[6]["mlflow_run_id"] == "" and rows[6]["duration_s"] == ""
 
     logged = {Path(a.path).name for a in client.list_artifacts(parent, "study")}
     assert logged == names | {"report.md", "report.html"}  # the study report (segsweep.report), beside the summary
@@ -127,11 +128,11 @@ def test_single_objective_summary(store, tmp_path):
     assert tags["best_trial"] == "1" and float(tags["best_value"]) == pytest.approx(0.55)
     assert tags["best_run_id"] == runs[1]
     assert f"{W}=0.5" in tags["best_params"] and "weighting=sqrt_inv_freq" in tags["best_params"]
-    assert (tags["n_complete"], tags["n_pruned"], tags["n_fail"]) == ("3", "1", "1")
+    assert (tags["n_complete"], tags["n_pruned"], tags["n_fail"]) == ("4", "1", "1")
     assert "n_pareto" not in tags
     assert client.get_run(runs[1]).data.tags["segsweep.best"] == "true"
     assert client.get_run(runs[0]).data.tags["segsweep.best"] == "false"
-    assert "segsweep.best" not in client.get_run(runs[3]).data.tags  # only complete children are tagged
+    assert "segsweep.best" not in client.get_run(runs[4]).data.tags  # only complete children are tagged
 
     # a resumed study with a new best moves the tags
     trial = study.ask({W: optuna.distributions.FloatDistribution(0.0, 1.0)})
@@ -139,7 +140,7 @@ def test_single_objective_summary(store, tmp_path):
     study.tell(trial, 0.9)
     write_study_summary(study, client, parent, tmp_path / "summary")
     tags = client.get_run(parent).data.tags
-    assert tags["best_trial"] == str(trial.number) and tags["best_run_id"] == new and tags["n_complete"] == "4"
+    assert tags["best_trial"] == str(trial.number) and tags["best_run_id"] == new and tags["n_complete"] == "5"
     assert client.get_run(new).data.tags["segsweep.best"] == "true"
     assert client.get_run(runs[1]).data.tags["segsweep.best"] == "false"
 
@@ -151,21 +152,22 @@ def test_single_objective_summary(store, tmp_path):
     assert client.get_run(parent).data.tags["best_trial"] == str(trial.number)
 
 
-@pytest.mark.parametrize("n_complete", [0, 1])
+@pytest.mark.parametrize("n_complete", [0, 1, 3])
 def test_few_complete_trials(store, tmp_path, n_complete):
     client, exp, parent = _experiment(store, f"few{n_complete}")
     study, runs = _study(client, exp, parent, n_complete=n_complete)
     paths = write_study_summary(study, client, parent, tmp_path)
     names = {p.name for p in paths}
     assert "trials.csv" in names and "real_vs_synthetic.png" in names  # pruned/failed trials still have curves
-    assert not names & {"param_importances.png", "contour.png"}
-    assert ("optimization_history.png" in names) == (n_complete == 1)
+    # fewer than 4 complete search trials: no plots of the search space, the history from one trial on
+    assert not names & {"param_importances.png", "contour.png", "slice.png", "parallel_coordinate.png"}
+    assert ("optimization_history.png" in names) == (n_complete >= 1)
     for p in paths:
         if p.suffix == ".png":
             _valid_png(p)
     tags = client.get_run(parent).data.tags
     assert tags["n_complete"] == str(n_complete)
-    assert ("best_trial" in tags) == (n_complete == 1)
+    assert ("best_trial" in tags) == (n_complete >= 1)
 
 
 def test_empty_study_without_mlflow_runs(store, tmp_path):
@@ -194,3 +196,30 @@ def test_multi_objective_summary(store, tmp_path):
     assert {Path(a.path).name for a in client.list_artifacts(parent, "study")} == names | {"report.md", "report.html"}
     assert "Pareto front" in (tmp_path / "report.md").read_text()
     assert [client.get_run(runs[i]).data.tags["segsweep.best"] for i in range(3)] == ["false", "true", "true"]
+
+
+def test_a_study_without_a_search_gets_no_search_plots_and_names_its_confirmed_best(store, tmp_path):
+    """Nine confirmation trials of three fixed configurations: importances, contour, slice of 3 points would be
+    noise; the record names the confirmed best configuration, not a lucky seed's trial."""
+    client, exp, parent = _experiment(store, "confirm-only")
+    study = optuna.create_study(directions=["maximize"])
+    study.set_metric_names(["val/mIoU"])
+    values = {"plain": [0.40, 0.42, 0.41], "weighted": [0.47, 0.45, 0.49], "combined": [0.50, 0.48, 0.49]}
+    for label, (ce, w) in (("plain", (1.0, "none")), ("weighted", (1.0, "sqrt_inv_freq")),
+                           ("combined", (0.6, "sqrt_inv_freq"))):
+        for j, v in enumerate(values[label]):
+            study.enqueue_trial({W: 0.5, CE: ce, WEIGHTING: w}, user_attrs={
+                "stage": "confirm", "seeds": [1000 + j], "confirm_config": label, "confirm_kind": "baseline",
+                "confirm_id": label, "confirm_key": f"{label}@{1000 + j}", "seed_values": {str(1000 + j): v}})
+            trial = study.ask()
+            _suggest(trial, None)
+            trial.set_user_attr("mlflow_run_id", _child(client, exp, parent, STEPS))
+            study.tell(trial, v)
+    paths = write_study_summary(study, client, parent, tmp_path)
+    names = {p.name for p in paths}
+    assert not names & {"optimization_history.png", "param_importances.png", "contour.png", "slice.png",
+                        "parallel_coordinate.png"}
+    tags = client.get_run(parent).data.tags
+    assert "best_trial" not in tags and tags["best_config"] == "combined"  # mean 0.49, the best; no search trial
+    report = (tmp_path / "report.md").read_text()
+    assert "Parameter importances" not in report and "Search configurations" not in report

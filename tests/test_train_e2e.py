@@ -3,6 +3,7 @@ with outputs, data cache and MLflow store in temporary directories."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,10 @@ def test_cli_subprocess_records_run_in_mlflow(tmp_path, cache_dir):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "out" / "train.log").read_text()
-    assert "ce_real:" in log and "dice_synthetic:" in log and "final: val/mIoU" in log
+    # the console line: the loss, its terms, and each domain's unweighted ce/dice monitors
+    assert re.search(r"\] it 6/6 eta 0:00 loss \d\.\d{3} ce \d\.\d{3} dice \d\.\d{3} real \d\.\d{3}/\d\.\d{3} "
+                     r"syn \d\.\d{3}/\d\.\d{3} lr ", log), log
+    assert "final: val/mIoU" in log
     client = MlflowClient(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     assert mlrun.info.status == "FINISHED"

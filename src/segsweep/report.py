@@ -210,7 +210,7 @@ def _answer(r: StudyReport) -> str:
 def _importances(study: optuna.Study, maximize: bool) -> dict[str, float]:
     done = confirm.search_trials(study, states=(TrialState.COMPLETE,))
     varied = {k for k in {k for t in done for k in t.params} if len({repr(t.params.get(k)) for t in done}) > 1}
-    if len(done) < 2 or not varied:
+    if len(done) < confirm.ENOUGH_FOR_SEARCH_PLOTS or not varied:
         return {}
     copy = optuna.create_study(directions=study.directions)
     copy.add_trials(done)
@@ -444,6 +444,29 @@ def _atomic(path: Path, data: str | bytes) -> Path:
     tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
     os.replace(tmp, path)
     return path
+
+
+def record(r: StudyReport) -> tuple[dict[str, str], dict[str, float]]:
+    """What the study's MLflow parent run says of its answer: tags naming the confirmed best configuration, and
+    metrics to chart and compare across studies: per confirmed configuration its mean, std and 95 % CI bounds,
+    and each paired difference to the reference with its interval (keys ``confirm/<label>/...``)."""
+    tags, metrics = {}, {}
+    if r.confirmed:
+        b = r.confirmed[0]
+        s = b.summary
+        tags = {"best_config": b.label, "best_config_description": b.description[:5000],
+                "best_config_mean": f"{s.mean:.4f}", "best_config_ci": fmt_ci(s)}
+    for c in r.confirmed:
+        s = c.summary
+        metrics.update({f"confirm/{c.label}/mean": s.mean, f"confirm/{c.label}/std": s.std,
+                        f"confirm/{c.label}/ci_low": s.ci_low, f"confirm/{c.label}/ci_high": s.ci_high})
+    for c, b, p, _ in r.comparisons:  # every configuration against every baseline
+        metrics.update({f"confirm/{c.label}/diff_vs_{b.label}": p.mean_diff,
+                        f"confirm/{c.label}/diff_vs_{b.label}_ci_low": p.ci_low,
+                        f"confirm/{c.label}/diff_vs_{b.label}_ci_high": p.ci_high})
+    if r.search:
+        metrics["search/best_mean"] = r.search[0].summary.mean
+    return tags, {k: v for k, v in metrics.items() if not math.isnan(v)}
 
 
 def write_report(studies: Sequence[optuna.Study], out_dir: Path, summary_dir: Path | None = None,

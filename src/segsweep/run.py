@@ -69,13 +69,13 @@ def class_weights_for(cfg: Config, tv: TrainVal, labels: LabelSet) -> tuple[torc
     def count() -> LabelCounts:
         audits = [UnknownAudit() for _ in datasets]
         counts = count_labels(label_iter(datasets, w.fraction, w.seed, audits), labels.num_classes, IGNORE)
-        counts.unknown_ids = [{"dataset": f"{p.name} labels ({d.root})", "layout": p.config.layout, **a.to_dict()}
+        counts.unknown_ids = [{"dataset": f"source {p.name}", "layout": p.config.layout, **a.to_dict()}
                               for p, d, a in zip(counted, datasets, audits)]
         return counts
 
     weights, counts = class_weights_cached(cfg.data.cache_dir, identity, w.method, params, count)
     for u in counts.unknown_ids:  # once per dataset and run, from the count or its cache
-        note = " (34 is GTA5's licence plate)" if 34 in u["values"] and u.get("layout") == "gta5" else ""
+        note = " (34: GTA5 licence plate)" if 34 in u["values"] and u.get("layout") == "gta5" else ""
         if line := UnknownAudit.from_dict(u).describe(u["dataset"], note):
             log.info("%s", line)
     return weights, counts
@@ -182,7 +182,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
 
     writers, mlflow = [], None
     if main:
-        writers = [ConsoleWriter(typed.trainer.max_iters),
+        writers = [ConsoleWriter(typed.trainer.max_iters, list(criterion.weight_dict), groups),
                    JsonlWriter(out_dir / "metrics.jsonl", resume_from=start if resumed else None),
                    ProgressBar(typed.trainer.max_iters, typed.trainer.progress_bar, start)]
         if typed.mlflow.enabled:

@@ -120,8 +120,8 @@ class UnknownAudit:
         """One line for the log, or None when every value was known."""
         if not self.pixels:
             return None
-        return (f"{what}: {self.pixels:,} pixels in {self.files} of {self.read} label files hold values "
-                f"{sorted(self.values)[:10]} that its label table does not name{note}; they are ignored (255)")
+        return (f"{what}: values {sorted(self.values)[:10]} in {self.files}/{self.read} label files "
+                f"({self.pixels:,} px) not in its table{note}: ignored")
 
 
 class LabelMap:

@@ -51,11 +51,16 @@ def search_trials(study: optuna.Study, states: Sequence[TrialState] | None = Non
     return [t for t in study.get_trials(deepcopy=False, states=states) if not is_confirm(t)]
 
 
+# Search plots (importances, contour, slice, parallel coordinates) say something only about a search with enough
+# complete trials; fewer, or a study without a search, gets none (its confirmation has its own figures).
+ENOUGH_FOR_SEARCH_PLOTS = 4
+
+
 def best_search_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The search's best complete trial (single objective). Not ``study.best_trial``: a confirmation trial's value
-    is one fresh seed's, and the luckiest of those is no search result; a study without a search (baselines
-    only) falls back to all its trials."""
-    done = search_trials(study, (TrialState.COMPLETE,)) or confirm_trials(study, (TrialState.COMPLETE,))
+    """The search's best complete trial (single objective); None when no search trial completed. Not
+    ``study.best_trial``: a confirmation trial's value is one fresh seed's, and the luckiest of those is no search
+    result (a study without a search names its confirmed best configuration instead: segsweep.report)."""
+    done = search_trials(study, (TrialState.COMPLETE,))
     if not done:
         return None
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min

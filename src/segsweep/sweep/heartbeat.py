@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 
 import optuna
 from optuna.storages import RDBStorage
@@ -24,7 +25,9 @@ def rdb(url: str, interval: int | None = None, grace: int | None = None) -> RDBS
     """A storage of our own for heartbeats (the study's storage keeps heartbeats off, so Optuna's ask() does not
     warn about them); None when the URL is not a SQLAlchemy database (no heartbeats then)."""
     try:
-        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace)
+        with warnings.catch_warnings():  # Optuna marks heartbeats experimental; they are what we rely on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=interval, grace_period=grace)
     except Exception as e:  # e.g. a journal file storage
         log.warning("no heartbeats for storage %s: %s", url, e)
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from segsweep.tracking.mlflow_writer import artifact_location, log_params, open_client, retry
+from segsweep.tracking.mlflow_writer import experiment_id, log_params, open_client, retry
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,7 @@ class StudyParentRun:
         plots = bool(OmegaConf.select(config, "mlflow.plots", default=True))
         client = open_client(uri)  # a new SQLite store is created under the store's lock
         # Created here, once, before any job starts: concurrent jobs then never race on a fresh store's schema.
-        exp = retry(lambda: client.get_experiment_by_name(exp_name))
-        exp_id = exp.experiment_id if exp else retry(
-            lambda: client.create_experiment(exp_name, artifact_location=artifact_location(uri)))
+        exp_id = experiment_id(client, exp_name, uri)
         found = client.search_runs([exp_id], filter_string=f"tags.`segsweep.study` = '{study.study_name}' and "
                                                            "tags.`segsweep.role` = 'study'", max_results=1)
         tags = {"segsweep.command": command[:5000], "segsweep.storage": storage}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,13 @@ import optuna.visualization.matplotlib as ovm  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from segsweep.sweep.confirm import best_search_trial  # noqa: E402
+from segsweep.sweep.confirm import (  # noqa: E402
+    ENOUGH_FOR_SEARCH_PLOTS,
+    best_search_trial,
+    is_confirm,
+    search_trials,
+)
+from segsweep.sweep.progress import short_config  # noqa: E402
 
 log = logging.getLogger(__name__)
 ARTIFACT_PATH = "study"
@@ -69,28 +76,37 @@ def _save(fig, path: Path) -> Path:
 
 
 def _optuna_plots(study: optuna.Study, complete: list[FrozenTrial], names: list[str], out_dir: Path) -> list[Path]:
+    """Optuna's plots of the search trials only (confirmation trials re-run chosen points on fresh seeds: they
+    are no samples of the search space): the optimisation history from one complete search trial on, the plots
+    of the space (importances, parallel coordinates, slice, contour) from ENOUGH_FOR_SEARCH_PLOTS."""
+    complete = [t for t in complete if not is_confirm(t)]
     if not complete:
-        log.info("study summary: no complete trial, Optuna plots skipped")
+        log.info("study summary: no complete search trial, Optuna plots skipped")
         return []
+    search = optuna.create_study(directions=study.directions)
+    search.add_trials(search_trials(study, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    study = search
     kw: dict = {}
     if len(names) > 1:  # single-target plots show the first objective
         kw = {"target": lambda t: t.values[0], "target_name": names[0]}
     varied = [k for k in sorted({k for t in complete for k in t.params})
               if len({repr(t.params.get(k)) for t in complete}) > 1]
     plots: dict[str, Callable] = {"optimization_history": lambda: ovm.plot_optimization_history(study, **kw)}
-    if len(complete) >= 2 and varied:  # Optuna's default evaluator (PED-ANOVA) ranks low target values as good
+    if len(complete) >= ENOUGH_FOR_SEARCH_PLOTS and varied:
         sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        # Optuna's default evaluator (PED-ANOVA) ranks low target values as good: the sign makes high ones so
         plots["param_importances"] = lambda: ovm.plot_param_importances(
             study, target=lambda t: sign * t.values[0], target_name=names[0])
-    plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, **kw)
-    plots["slice"] = lambda: ovm.plot_slice(study, **kw)
-    if len(varied) >= 2:
-        plots["contour"] = lambda: ovm.plot_contour(study, params=varied, **kw)
+        plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, **kw)
+        plots["slice"] = lambda: ovm.plot_slice(study, **kw)
+        if len(varied) >= 2:
+            plots["contour"] = lambda: ovm.plot_contour(study, params=varied, **kw)
     if len(names) > 1:
         plots["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=names)
-    skipped = sorted({"param_importances", "contour"} - set(plots))
+    skipped = sorted({"param_importances", "parallel_coordinate", "slice", "contour"} - set(plots))
     if skipped:
-        log.info("study summary: %s skipped (need >= 2 complete trials / varied params)", ", ".join(skipped))
+        log.info("study summary: %s skipped (need >= %d complete search trials and varied params)",
+                 ", ".join(skipped), ENOUGH_FOR_SEARCH_PLOTS)
     paths = []
     for name, make in plots.items():
         plt.close("all")
@@ -137,7 +153,7 @@ def _real_vs_synthetic(client: MlflowClient, trials: list[FrozenTrial], names: l
     for ax, term in zip(axes[0], terms):
         for t, real, syn in curves[term]:
             status = ", ".join(_fmt(v) for v in t.values) if t.state == TrialState.COMPLETE else t.state.name
-            label = f"trial {t.number} ({status})"
+            label = f"trial {t.number}: {short_config(t)} ({status})"
             if real:
                 ax.plot(*zip(*real), "-", color=colour[t.number], label=label)
             if syn:
@@ -184,10 +200,13 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
         tags["stop_reason"] = stop_reason
     best: list[FrozenTrial] = []
     if complete and len(names) == 1:
-        best = [best_search_trial(study)]
-        b = best[0]
-        tags.update(best_trial=b.number, best_value=b.value, best_run_id=b.user_attrs.get("mlflow_run_id", ""),
-                    best_params=", ".join(f"{k}={_fmt(v)}" for k, v in b.params.items())[:5000])
+        # the search's best trial only when a search ran; a confirmation-only study is named by its confirmed
+        # best configuration (its mean and interval: tags and metrics written with the report below)
+        best = [b] if (b := best_search_trial(study)) is not None else []
+        if b is not None:
+            tags.update(best_trial=b.number, best_value=b.value, best_run_id=b.user_attrs.get("mlflow_run_id", ""),
+                        best_params=", ".join(f"{k}={_fmt(v)}" for k, v in b.params.items())[:5000])
+            client.log_metric(parent_run_id, "search/best_value", float(b.value))
     elif complete:
         best = sorted(study.best_trials, key=lambda t: t.number)
         tags.update(n_pareto=len(best), pareto_trials=",".join(str(t.number) for t in best)[:5000])
@@ -203,8 +222,18 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
             except Exception as e:
                 log.warning("study summary: cannot tag trial %d run %s: %s", t.number, run_id, e)
     try:  # the study's verdict (segsweep.report): report.md and report.html here and on the parent run
-        from segsweep.report import write_report
+        from segsweep.report import build, record, write_report
 
+        if len(names) == 1:
+            report = build(study)
+            answer_tags, metrics = record(report)
+            for k, v in answer_tags.items():
+                client.set_tag(parent_run_id, k, v)
+            if metrics:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
         write_report([study], out_dir, out_dir, client, parent_run_id)
     except Exception as e:  # a report must never fail the study
         log.warning("study report skipped: %s", e)

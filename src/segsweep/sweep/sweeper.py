@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from segsweep.sweep.confirm import (
     best_search_trial,
+    confirm_trials,
     enqueue_confirmation,
     is_confirm,
     merge_overrides,
@@ -49,8 +51,12 @@ from segsweep.sweep.confirm import (
 )
 from segsweep.sweep.heartbeat import StaleWatch
 from segsweep.sweep.parent import StudyParentRun
+from segsweep.sweep.progress import StudyLine, finished_line, launched_line, quiet_launchers, short_config
 from segsweep.sweep.runner import Slots
 
+# Baselines are enqueued with their own values (loss.ce_weight=1.0 for plain CE), often outside the search range
+# on purpose: Optuna's warning about it is no news.
+warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range", category=UserWarning)
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -147,8 +153,15 @@ class StudySweeper(Sweeper):
             if len(directions) > 1 and not isinstance(metric_names, str):
                 study.set_metric_names(list(metric_names))
             parent = StudyParentRun.open(self.config, study, storage, space, fixed, " ".join(sys.argv))
-        log.info("study %r in %s: %d of %d trials done%s; MLflow parent run %s", study.study_name, storage,
-                 n_counted(study), self.n_trials, " (resumed)" if resumed else "", parent.run_id)
+        search = f"search {n_counted(study)} of {self.n_trials} trials done" if self.n_trials else \
+            "no search (n_trials=0): the confirmation stage only"
+        log.info("study %s%s: %s; MLflow parent run %s", study.study_name, " (resumed)" if resumed else "",
+                 search, parent.run_id)
+        log.info("study storage: %s", storage)
+        quiet_launchers()
+        objective = OmegaConf.select(self.config, "objective")
+        self.progress = StudyLine(study.study_name, objective if isinstance(objective, str) else "values",
+                                  self.n_jobs)
         parent.fail_children(stale, "interrupted: the sweep stopped while it ran")
         # a resumed study's summary and report are rewritten when this sweep ends (below), not first: a
         # re-attaching sweeper must watch its live trials' heartbeats at once, not draw plots for ~10 s
@@ -181,7 +194,8 @@ class StudySweeper(Sweeper):
             log.warning("study interrupted (Ctrl-C); the same command resumes it%s",
                         f" (and re-attaches to trials {running} if their jobs live on)" if running else "")
             raise SystemExit(130)
-        log.info("study stopped: %s", reason)
+        for k, part in enumerate((reason or "").split("; ")):  # one line each: the search, the confirmation
+            log.info("%s%s", "study stopped: " if k == 0 else "  ", part)
         self._log_best(study)
 
     def _lock(self):
@@ -216,6 +230,7 @@ class StudySweeper(Sweeper):
         enqueued one), or a budget or the failure rate stops it, and no trial of it is still running anywhere;
         returns why it stopped."""
         lockstep, last_beat, stop = bool(self._opt("lockstep", False)), 0.0, None
+        self._confirm_stage = confirm
         while True:
             if self.watch is not None:
                 for t in self.watch.fail_stale(study):
@@ -241,6 +256,8 @@ class StudySweeper(Sweeper):
                 continue  # sequential: it ran to its end; parallel: look again at once
             if not slots.trials and running == 0 and (stop or to_go <= 0):
                 break
+            if slots.trials and self.progress.due():  # at least once a minute while trials run
+                self._study_line(study)
             self._settle(study, parent, slots.returned(slots.poll_s))
         slots.drain(lambda returned: self._settle(study, parent, returned), timeout_s=30)
         if confirm:
@@ -259,10 +276,10 @@ class StudySweeper(Sweeper):
             trial.set_user_attr("fail_reason", "surplus: the study had its n_trials (asked by two sweepers at once)")
             tell_failed(study, trial)
             return
-        log.info("trial %d launched%s", trial.number, "".join(
-            f" ({k}={trial.user_attrs[k]})" for k in ("enqueued", "retry_of", "confirm_config", "seeds")
-            if k in trial.user_attrs))
-        slots.launch(trial, overrides(trial))
+        job_overrides = overrides(trial)
+        log.info("%s", launched_line(trial))
+        log.debug("trial %d overrides: %s", trial.number, " ".join(job_overrides))
+        slots.launch(trial, job_overrides)
 
     def _stopped(self, trials: Sequence[FrozenTrial], gone: set[int], total: int) -> str | None:
         n_fail = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in gone)
@@ -293,10 +310,13 @@ class StudySweeper(Sweeper):
                     self._lost(study, parent, frozen)
                 else:  # the job's own exception (a config or data error): the same point would fail again
                     parent.fail_children([frozen], frozen.user_attrs["fail_reason"])
-            if frozen.state == TrialState.FAIL:
-                log.warning("trial %d failed: %s", trial.number, frozen.user_attrs.get("fail_reason"))
-            else:
-                log.info("trial %d: %s", trial.number, frozen.state.name)
+            (log.warning if frozen.state == TrialState.FAIL else log.info)("%s", finished_line(
+                frozen, self.progress.objective))
+            self._study_line(study)
+
+    def _study_line(self, study: optuna.Study) -> None:
+        trials, total = self._stage(study, self._confirm_stage)
+        self.progress.emit(study, trials, total, self._confirm_stage, superseded(trials))
 
     def _lost(self, study: optuna.Study, parent: StudyParentRun, dead: FrozenTrial) -> None:
         """A trial whose job died: close its MLflow run FAILED, and queue its point again (resuming from its
@@ -360,7 +380,14 @@ class StudySweeper(Sweeper):
     def _log_best(self, study: optuna.Study) -> None:
         if len(study.directions) == 1:
             if (best := best_search_trial(study)) is not None:
-                log.info("best search trial %d: value %.4f, params %s", best.number, best.value, best.params)
+                log.info("best search trial %d: %.4f, %s", best.number, best.value, short_config(best))
+            if confirm_trials(study, (TrialState.COMPLETE,)):
+                from segsweep.report import build, fmt_ci
+
+                if (r := build(study)).confirmed:
+                    b = r.confirmed[0]
+                    log.info("best confirmed configuration: %s, mean %.4f, 95 %% CI %s over %d seeds", b.label,
+                             b.summary.mean, fmt_ci(b.summary), b.summary.n)
         else:
             log.info("%d Pareto-optimal trial(s)", len(study.best_trials))
         if (report := self.sweep_dir / "study_summary" / "report.md").exists():

@@ -78,8 +78,18 @@ def open_client(tracking_uri: str | None):
     """
     from mlflow.tracking import MlflowClient
 
+    quiet_mlflow()
     with _store_lock(tracking_uri):
         return retry(lambda: MlflowClient(tracking_uri))
+
+
+def quiet_mlflow() -> None:
+    """MLflow's and Alembic's INFO lines ("Creating initial MLflow database tables...", migrations) are not the
+    run's news: only their warnings and errors reach the console. (MLflow sets its logger's level on import.)"""
+    import mlflow  # noqa: F401  (configures the "mlflow" logger first)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
@@ -92,6 +102,27 @@ def retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
                 raise
             time.sleep(0.2 * 2**i)
     raise AssertionError("unreachable")
+
+
+# MLflow 3's UI opens an experiment on its GenAI pages unless it is marked as one of model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client, name: str, tracking_uri: str) -> str:
+    """The experiment's id, created (marked as model training, artifacts beside a SQLite store) when missing;
+    an existing one without a kind is marked once."""
+    exp = retry(lambda: client.get_experiment_by_name(name))
+    if exp is None:
+        try:
+            return retry(lambda: client.create_experiment(name, artifact_location=artifact_location(tracking_uri),
+                                                          tags=EXPERIMENT_KIND))
+        except Exception:  # another job created it in the meantime
+            exp = retry(lambda: client.get_experiment_by_name(name))
+            if exp is None:
+                raise
+    if "mlflow.experimentKind" not in exp.tags:
+        retry(lambda: client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items()))))
+    return exp.experiment_id
 
 
 def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
@@ -113,18 +144,7 @@ class MlflowWriter:
             self.run_id, self.artifact_uri = run_id, self.client.get_run(run_id).info.artifact_uri
             self._start_thread()
             return
-        exp = retry(lambda: self.client.get_experiment_by_name(experiment_name))
-        if exp is None:
-            try:
-                exp_id = retry(lambda: self.client.create_experiment(
-                    experiment_name, artifact_location=artifact_location(tracking_uri)))
-            except Exception:  # another job created it in the meantime
-                exp_id = retry(lambda: self.client.get_experiment_by_name(experiment_name))
-                if exp_id is None:
-                    raise
-                exp_id = exp_id.experiment_id
-        else:
-            exp_id = exp.experiment_id
+        exp_id = experiment_id(self.client, experiment_name, tracking_uri)
         run = retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri

@@ -6,7 +6,6 @@ of the model or the data. MLflow lives in ``mlflow_writer`` since it also owns t
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
@@ -23,29 +22,44 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
+def _clock(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
 
 
 class ConsoleWriter:
-    """One line per logging step: iteration, ETA, loss, terms, monitors, lr, data and step time."""
+    """A short line per logging step (under 120 columns with the log prefix): iteration, ETA, the optimised loss
+    and its main-head terms, each domain's unweighted monitors (term values joined by '/'), lr, seconds per
+    iteration; and one line per evaluation. Everything else (auxiliary terms, per-source monitors, data time) is
+    in metrics.jsonl and MLflow."""
 
-    def __init__(self, max_iters: int) -> None:
-        self.max_iters = max_iters
+    SHORT = {"real": "real", "synthetic": "syn"}
+
+    def __init__(self, max_iters: int, terms: list[str] | None = None,
+                 groups: tuple[str, ...] = ("real", "synthetic")) -> None:
+        self.max_iters, self.terms, self.groups = max_iters, terms, groups
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if "train/loss" in metrics:
-            train = {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")}
-            eta = datetime.timedelta(seconds=round(train.get("time", 0.0) * (self.max_iters - step)))
-            order = ["loss"] + [k for k in train if k not in ("loss", "lr", "time", "data_time")]
-            parts = [f"iter: {step}/{self.max_iters}", f"eta: {eta}"]
-            parts += [f"{k}: {_fmt(train[k])}" for k in order]
-            parts += [f"lr: {train.get('lr', 0.0):.3e}", f"data_time: {train.get('data_time', 0.0):.4f}",
-                      f"time: {train.get('time', 0.0):.4f}"]
-            log.info("  ".join(parts))
+            t = {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")}
+            eta = _clock(t.get("time", 0.0) * (self.max_iters - step))
+            terms = [k for k in (self.terms or [k for k in t if k in ("ce", "dice")]) if "_" not in k and k in t]
+            parts = [f"it {step}/{self.max_iters}", f"eta {eta}", f"loss {_fmt(t['loss'])}",
+                     *(f"{k} {_fmt(t[k])}" for k in terms)]
+            for g in self.groups[:2]:  # the domains; per-source monitors are in metrics.jsonl and MLflow
+                values = [t.get(f"{k}_{g}") for k in terms]
+                if any(v is not None for v in values):
+                    parts.append(f"{self.SHORT.get(g, g)} " + "/".join("-" if v is None else _fmt(v) for v in values))
+            parts += [f"lr {t.get('lr', 0.0):.1e}".replace("e-0", "e-"), f"{t.get('time', 0.0):.2f}s/it"]
+            log.info(" ".join(parts))
         if "val/mIoU" in metrics:
-            log.info("iter: %d  val/mIoU: %.4f  val/pixel_acc: %.4f  val/mIoU_rare: %.4f", step, metrics["val/mIoU"],
-                     metrics.get("val/pixel_acc", math.nan), metrics.get("val/mIoU_rare", math.nan))
+            rare = f" rare {metrics['val/mIoU_rare']:.3f}" if "val/mIoU_rare" in metrics else ""
+            log.info("it %d val mIoU %.4f%s pixel acc %.3f", step, metrics["val/mIoU"], rare,
+                     metrics.get("val/pixel_acc", math.nan))
 
     def close(self) -> None:
         pass
@@ -74,13 +88,17 @@ class JsonlWriter:
 
 
 class ProgressBar:
-    """A tqdm bar on a terminal; nothing in batch logs (SLURM output files, CI)."""
+    """A tqdm bar on a terminal; nothing in batch logs (SLURM output files, CI). While it shows, log lines go
+    through tqdm's writer (above the bar), so the two never share a line."""
 
     def __init__(self, max_iters: int, mode: str = "auto", start: int = 0) -> None:
-        self.bar = None
+        self.bar, self._redirect = None, None
         if mode == "on" or (mode == "auto" and sys.stderr.isatty()):
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), log])
+            self._redirect.__enter__()
             self.bar = tqdm(total=max_iters, initial=start, dynamic_ncols=True, leave=False, unit="it")
         self.last = start
 
@@ -93,3 +111,5 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self._redirect.__exit__(None, None, None)
+            self.bar = None
