@@ -4,8 +4,9 @@ Phases, each timed the way a trial's job runs them (medians of ``--repeats``):
   process         a fresh ``python`` importing what a job imports (torch, hydra, mlflow, optuna, segsweep), exiting:
                   paid per trial by a subprocess launcher (submitit local / SLURM), not by the basic launcher;
   compose         Hydra composes and validates the trial's config;
-  data open       the toycity loaders (data already generated) and the class weights (already cached);
-  model           building the model;
+  data open       the label set, the toycity loaders (data already generated) and the class weights (already
+                  cached);
+  model           building the model (``models.build_model``) and its output check (one forward pass on zeros);
   MLflow set-up   the child run created, params and two artifacts logged, and the run closed after training;
 and, for scale, the default study's trial: 400 iterations at one thread, measured here on 20 iterations.
 
@@ -46,14 +47,14 @@ def main() -> None:
 
     import torch
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     from segsweep.config import register_configs, validate
-    from segsweep.data.build import build_train_val
-    from segsweep.data.labels import NUM_CLASSES
+    from segsweep.data.build import build_train_val, stop_workers
+    from segsweep.data.labels import label_set
     from segsweep.engine.optim import build_optimizer
     from segsweep.losses import SegmentationCriterion
-    from segsweep.run import class_weights_for, effective_params
+    from segsweep.models import build_model, check_outputs, standardize
+    from segsweep.run import class_weights_for, effective_params, monitor_groups
     from segsweep.tracking.mlflow_writer import MlflowWriter, flatten  # noqa: F401
 
     torch.set_num_threads(1)
@@ -68,19 +69,24 @@ def main() -> None:
                 return validate(compose("config", overrides=overrides))
 
         cfg = composed()
-        build_train_val(cfg.data, cfg.dataset_mix, 8, 0, False)  # generate toycity once (not a per-trial cost)
-        _, _, sets = build_train_val(cfg.data, cfg.dataset_mix, 8, 0, False)
-        class_weights_for(cfg, sets)  # fill the class-weight cache once
+        labels = label_set(cfg.data.labels, cfg.data.eval_classes)
+        tv = build_train_val(cfg.data, cfg.dataset_mix, labels, 8, 0, False)  # generates toycity once (not a
+        class_weights_for(cfg, tv, labels)  # per-trial cost) and fills the class-weight cache once
         t_compose = median_time(composed, args.repeats)
 
         def open_data():
-            loaders = build_train_val(cfg.data, cfg.dataset_mix, cfg.trainer.batch_size, 0, False)
-            class_weights_for(cfg, loaders[2])
-            return loaders
+            labels = label_set(cfg.data.labels, cfg.data.eval_classes)
+            tv = build_train_val(cfg.data, cfg.dataset_mix, labels, cfg.trainer.batch_size, 0, False)
+            weights, _ = class_weights_for(cfg, tv, labels)
+            return tv, weights
+
+        def model():
+            m = build_model(cfg.model)
+            check_outputs(m, labels.num_classes)
+            return m
 
         t_data = median_time(open_data, args.repeats)
-        t_model = median_time(lambda: instantiate(cfg.model, num_classes=NUM_CLASSES,
-                                                  _execution_whitelist_="segsweep.models.*"), args.repeats)
+        t_model = median_time(model, args.repeats)
         MlflowWriter(cfg.mlflow.tracking_uri, "bench").close()  # create the store once, as the sweeper does
         Path(tmp, "a.txt").write_text("x")
 
@@ -93,21 +99,27 @@ def main() -> None:
 
         t_mlflow = median_time(mlflow_run, args.repeats)
 
-        train_loader, _, _ = open_data()
-        model = instantiate(cfg.model, num_classes=NUM_CLASSES, _execution_whitelist_="segsweep.models.*")
-        crit = SegmentationCriterion.from_config(cfg.loss, cfg.dataset_mix, None)
-        opt = build_optimizer(model, cfg.optim)
-        batches = iter(train_loader)
+        tv, weights = open_data()
+        net = model()
+        groups, source_groups = monitor_groups(tv.plan)
+        crit = SegmentationCriterion.from_config(cfg.loss, cfg.dataset_mix, weights, labels.num_classes, groups,
+                                                 source_groups)
+        opt = build_optimizer(net, cfg.optim)
+        batches = iter(tv.train_loader)
 
         def step():
             b = next(batches)
-            loss = crit(model(b["image"]), b["label"], b["loss_weight"], b["source"]).total
+            out = standardize(net(b["image"]), b["label"].shape[-2:])
+            loss = crit(out, b["label"], b["loss_weight"], b["source"]).total
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        step()
-        t_step = median_time(step, 20)
+        try:
+            step()
+            t_step = median_time(step, 20)
+        finally:
+            stop_workers(tv.train_loader, tv.val_loader)
 
     fixed_in_process = t_compose + t_data + t_model + t_mlflow
     fixed_subprocess = fixed_in_process + start
@@ -116,7 +128,7 @@ def main() -> None:
     print(f"process (start, imports, exit)    : {1000 * start:7.0f} ms   (bare python: {1000 * bare:.0f} ms)")
     print(f"compose + validate                : {1000 * t_compose:7.0f} ms")
     print(f"data open + class weights (cached): {1000 * t_data:7.0f} ms")
-    print(f"model                             : {1000 * t_model:7.0f} ms")
+    print(f"model (build + output check)      : {1000 * t_model:7.0f} ms")
     print(f"MLflow child run set-up + close   : {1000 * t_mlflow:7.0f} ms")
     print(f"fixed cost, in-process launcher   : {fixed_in_process:7.2f} s   (goal <= 3 s)")
     print(f"fixed cost, subprocess launcher   : {fixed_subprocess:7.2f} s   (goal <= 3 s)")

@@ -45,13 +45,15 @@ from bench_train import make_batches  # noqa: E402
 
 import segsweep.engine.trainer as trainer_module  # noqa: E402
 from segsweep.config import DatasetMixConfig, LossConfig, OptimConfig, TrainerConfig  # noqa: E402
+from segsweep.data.labels import LabelSet  # noqa: E402
 from segsweep.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from segsweep.engine.trainer import TrainState, train  # noqa: E402
 from segsweep.losses import SegmentationCriterion  # noqa: E402
-from segsweep.models import DeepLabV3  # noqa: E402
+from segsweep.models import DeepLabV3Config, build_model  # noqa: E402
 from segsweep.tracking.storage import MetricAccumulator  # noqa: E402
 
 C = 19
+LABELS = LabelSet.of([str(c) for c in range(C)])
 
 
 def log(msg: str) -> None:
@@ -98,7 +100,7 @@ def check_loss(args, device: torch.device) -> dict:
     target = target.to(device)
     weight = (torch.rand(C, generator=g) + 0.5).to(device)
     sw = torch.tensor([1.0] * (B - B // 4) + [0.5] * (B // 4), device=device)
-    domain = torch.tensor([0] * (B - B // 4) + [1] * (B // 4), device=device)
+    source = torch.tensor([0] * (B - B // 4) + [1] * (B // 4), device=device)  # the source's position
     criterion = SegmentationCriterion(ce_weight=0.6, dice_weight=0.4, class_weight=weight, num_classes=C).to(device)
 
     def ce():
@@ -107,7 +109,7 @@ def check_loss(args, device: torch.device) -> dict:
 
     def recipe():
         x = logits.detach().requires_grad_(True)
-        criterion({"out": x}, target, sw, domain).total.backward()
+        criterion({"out": x}, target, sw, source).total.backward()
 
     src = torch.empty_like(logits)
     dst = torch.empty_like(logits)
@@ -136,7 +138,11 @@ def check_loss(args, device: torch.device) -> dict:
 
 def build(args, device: torch.device, iters: int, loss: str):
     torch.manual_seed(0)
-    model = DeepLabV3(C, depth=50, width=args.width, aux_head=True).to(device)
+    # built as train.py builds model=deeplabv3 (the config node through models.build_model)
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(DeepLabV3Config(num_classes=C, depth=50, width=args.width, aux_head=True))
+    model = build_model(node).to(device)
     model = model.to(memory_format=torch.channels_last)
     weight = (torch.rand(C, generator=torch.Generator().manual_seed(1)) + 0.5).to(device)
     criterion = SegmentationCriterion.from_config(LossConfig(), DatasetMixConfig(), weight, C).to(device)
@@ -201,7 +207,7 @@ def segsweep_loop(args, device, batches, compile: bool, steps=None, log_every=No
     sync(device)
     t0 = time.perf_counter()
     train(TrainState(model, criterion, optimizer, scheduler), iter(batches[i % len(batches)] for i in range(iters)),
-          [], cfg, device, [rec], [str(c) for c in range(C)])
+          [], cfg, device, [rec], LABELS)
     sync(device)
     wall = time.perf_counter() - t0
     return rec, wall, peak_gib(device)
@@ -239,9 +245,9 @@ def _rect_batches(args, device):
         label = torch.randint(0, C, (args.batch, h, w), generator=g)
         label[:, :4] = 255
         n_real = round(0.7 * args.batch)
-        domain = torch.tensor([0] * n_real + [1] * (args.batch - n_real))
-        out.append({"image": torch.randn(args.batch, 3, h, w, generator=g), "label": label, "source": domain,
-                    "loss_weight": torch.where(domain == 0, 1.0, 0.5)})
+        source = torch.tensor([0] * n_real + [1] * (args.batch - n_real))
+        out.append({"image": torch.randn(args.batch, 3, h, w, generator=g), "label": label, "source": source,
+                    "loss_weight": torch.where(source == 0, 1.0, 0.5)})
     return [{k: v.to(device) for k, v in b.items()} for b in out]
 
 
@@ -291,7 +297,7 @@ def check_host_sync(args, device: torch.device) -> dict:
             val = [{"image": batches[0]["image"][:2], "label": batches[0]["label"][:2]}]
             try:
                 train(TrainState(model, criterion, optimizer, scheduler), stream(), val, cfg, device, [Periods()],
-                      [str(c) for c in range(C)])
+                      LABELS)
                 out[name] = {"steps_checked": steps - 1, "syncs_outside_logging": 0}
             except RuntimeError as e:  # sync debug mode "error" raises RuntimeError at the synchronising call
                 out[name] = {"error": str(e)[:500], "where": traceback.format_exc(limit=-6)[-2000:]}

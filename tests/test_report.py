@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from segsweep.report import build, main
+from segsweep.report import blocks, build, main
 
 SPACE = {"dataset_mix.synthetic_loss_weight": FloatDistribution(0.0, 1.0),
          "loss.ce_weight": FloatDistribution(0.2, 0.9),
@@ -122,8 +122,7 @@ def test_cli_writes_markdown_and_self_contained_html(tmp_path):
     assert "(top1)" in first and "over plain_ce" in first
     for heading in ("Confirmed configurations (fresh seeds), ranked by mean", "Search configurations, ranked by mean",
                     "Paired differences to the baselines", "Per-class IoU: plain_ce → top1",
-                    "Real vs synthetic at the end of training", "Seed noise and the spread of the search",
-                    "Parameter importances"):
+                    "Real vs synthetic at the end of training", "Seed noise and the spread of the search"):
         assert f"### {heading}" in md, heading
     assert "> **Warning:**" in md
     # ranked: top1 first among the confirmed, with its interval
@@ -203,3 +202,37 @@ def test_baselines_only_study_answers_against_the_first_listed_baseline(tmp_path
         ("weighted_ce", "plain_ce"), ("combined", "plain_ce"), ("combined", "weighted_ce")}
     md = paired_by_hand(TOP1, PLAIN)[0]
     assert f"{md:+.3f} over plain_ce (paired t over 3 seeds" in r.answer, r.answer
+
+
+def test_validation_panels_of_the_best_and_the_reference_are_shown(tmp_path):
+    """The report shows what the models see: the panels a run drew (plots/val_panels.png) for the best
+    configuration and the reference baseline, found through the trials' output_dir."""
+    from PIL import Image
+
+    trials = make_study(f"sqlite:///{tmp_path}/optuna.db").trials
+    for t in trials:
+        if t.user_attrs.get("confirm_config") in ("top1", "plain_ce") and t.user_attrs["seeds"] == [1000]:
+            out = tmp_path / t.user_attrs["confirm_config"] / "plots"
+            out.mkdir(parents=True)
+            Image.new("RGB", (12, 4), (10, 20, 30)).save(out / "val_panels.png")
+            t.user_attrs = {**t.user_attrs, "output_dir": str(out.parent)}
+    study = optuna.create_study(study_name="hand", direction="maximize")
+    study.add_trials(trials)
+    bs = blocks(build(study))
+    images = {b[1]: b[2] for b in bs if b[0] == "img"}
+    assert set(images) >= {"panels_top1", "panels_plain_ce"}
+    assert images["panels_top1"] == (tmp_path / "top1" / "plots" / "val_panels.png").read_bytes()
+
+
+def test_the_report_says_which_classes_the_objective_averages(tmp_path):
+    trials = make_study(f"sqlite:///{tmp_path}/optuna.db").trials
+    for t in trials:
+        if "labels" in t.user_attrs:
+            t.user_attrs = {**t.user_attrs, "labels": {**LABELS, "evaluated": ["road", "car", "person"],
+                                                       "eval_name": "three"}}
+    study = optuna.create_study(study_name="hand", direction="maximize")
+    study.add_trials(trials)
+    md = "\n".join(b[1] for b in blocks(build(study)) if b[0] == "p")
+    assert "val/mIoU averages the 3 classes of three (data.eval_classes); per-class IoUs cover all 4." in md
+    assert "averages" not in "\n".join(b[1] for b in blocks(build(make_study(f"sqlite:///{tmp_path}/b.db", "b")))
+                                       if b[0] == "p")

@@ -124,6 +124,7 @@ def test_single_objective_summary(store, tmp_path):
     logged = {Path(a.path).name for a in client.list_artifacts(parent, "study")}
     assert logged == names | {"report.md", "report.html"}  # the study report (segsweep.report), beside the summary
     assert "**best: " in (tmp_path / "summary" / "report.md").read_text()
+    assert "### Parameter importances (search trials)" in (tmp_path / "summary" / "report.md").read_text()
     tags = client.get_run(parent).data.tags
     assert tags["best_trial"] == "1" and float(tags["best_value"]) == pytest.approx(0.55)
     assert tags["best_run_id"] == runs[1]

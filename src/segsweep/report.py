@@ -20,6 +20,7 @@ import html
 import io
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ class Config:
     iou: dict[int, dict[str, float]]
     monitors: dict[int, dict[str, float]]
     trials: list[int]
+    panels: Path | None = None  # a run's validation panels (image | ground truth | prediction), when drawn
 
     @property
     def summary(self) -> stats.Summary:
@@ -88,8 +90,10 @@ def _config(c: confirm.Configuration, label: str) -> Config:
             mon = {str(s): m for s in (t.user_attrs.get("seeds") or [])} if m else {}
         for k, v in mon.items():
             monitors[int(k)] = v
+    panels = next((p for t in c.trials if t.user_attrs.get("output_dir")
+                   for p in sorted(Path(t.user_attrs["output_dir"]).glob("**/plots/val_panels.png"))), None)
     return Config(label, c.kind, describe(c.params, c.overrides), c.values, iou, monitors,
-                  [t.number for t in c.trials])
+                  [t.number for t in c.trials], panels)
 
 
 @dataclass
@@ -113,19 +117,23 @@ class StudyReport:
     min_effect: float = stats.DEFAULT_MIN_EFFECT  # the smallest difference worth having (study.min_effect)
     classes: list[str] = field(default_factory=list)  # the study's label set, in train-id order
     rare: set[str] = field(default_factory=set)
+    evaluated: str = ""  # what the objective's mIoU averages when not every class (data.eval_classes)
 
 
-def _label_set(trials: list) -> tuple[list[str], set[str]]:
-    """Class names and rare classes from the trials' ``labels`` attr (written by segsweep.seeds); a study from
-    before it: the order of the per-class IoUs, no rare class."""
+def _label_set(trials: list) -> tuple[list[str], set[str], str]:
+    """Class names, rare classes and what the objective averages (the evaluated subset) from the trials'
+    ``labels`` attr (written by segsweep.seeds); a study from before it: the order of the per-class IoUs."""
     for t in trials:
         if lab := t.user_attrs.get("labels"):
-            return list(lab["classes"]), set(lab.get("rare", []))
+            evaluated = lab.get("evaluated", lab["classes"])
+            subset = "" if len(evaluated) == len(lab["classes"]) else \
+                f"the {len(evaluated)} classes of {lab.get('eval_name', 'data.eval_classes')}"
+            return list(lab["classes"]), set(lab.get("rare", [])), subset
     names: dict[str, None] = {}
     for t in trials:
         for iou in (t.user_attrs.get("seed_iou") or {}).values():
             names.update(dict.fromkeys(iou))
-    return list(names), set()
+    return list(names), set(), ""
 
 
 def _rank(configs: list[Config], maximize: bool) -> list[Config]:
@@ -150,7 +158,7 @@ def build(study: optuna.Study, min_effect: float | None = None) -> StudyReport:
     confirmed = _rank([_config(c, c.label) for c in confirm.group(confirm.confirm_trials(study))], maximize)
     counts["confirm"] = sum(t.state == TrialState.COMPLETE for t in trials if confirm.is_confirm(t))
     r = StudyReport(study.study_name, objective, maximize, counts, search, confirmed)
-    r.classes, r.rare = _label_set(trials)
+    r.classes, r.rare, r.evaluated = _label_set(trials)
     r.min_effect = float(min_effect if min_effect is not None else
                          study.user_attrs.get("min_effect", stats.DEFAULT_MIN_EFFECT))
     pool = confirmed or search
@@ -292,6 +300,9 @@ def _fig_classes(r: StudyReport) -> bytes | None:
 
 def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
     out: list[tuple] = [("h2", f"Study {r.name}"), ("p", f"**{r.answer}**")]
+    if r.evaluated:
+        out.append(("p", f"{r.objective} averages {r.evaluated} (data.eval_classes); per-class IoUs cover all "
+                         f"{len(r.classes)}."))
     c = r.counts
     out.append(("p", f"Search: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed "
                      f"trials; confirmation: {c.get('confirm', 0)} complete trials. Intervals are two-sided 95 % t "
@@ -349,6 +360,10 @@ def blocks(r: StudyReport, summary_dir: Path | None = None) -> list[tuple]:
                 ("table", ["class", f"before ({r.before.label})", f"after ({r.after.label})", "Δ"], rows)]
         if (png := _fig_classes(r)) is not None:
             out.append(("img", "classes", png))
+        for c in (r.after, r.before):  # what the models see: the best configuration's and the reference's
+            if c is not None and c.panels is not None and c.panels.is_file():
+                out += [("p", f"Validation images of {c.label}: image | ground truth | prediction."),
+                        ("img", "panels_" + re.sub(r"\W+", "_", c.label), c.panels.read_bytes())]
     gap_rows = []
     for x in r.confirmed or r.search[:1]:
         terms = sorted({k.rsplit("_", 1)[0] for m in x.monitors.values() for k in m})
