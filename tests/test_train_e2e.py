@@ -96,7 +96,7 @@ def test_cli_subprocess_records_run_in_mlflow(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "out" / "train.log").read_text()
     # the console line: the loss, its terms, and each domain's unweighted ce/dice monitors
-    assert re.search(r"\] it 6/6 eta 0:00 loss \d\.\d{3} ce \d\.\d{3} dice \d\.\d{3} real \d\.\d{3}/\d\.\d{3} "
+    assert re.search(r"\] \[6/6\] eta 0:00 loss \d\.\d{3} ce \d\.\d{3} dice \d\.\d{3} real \d\.\d{3}/\d\.\d{3} "
                      r"syn \d\.\d{3}/\d\.\d{3} lr ", log), log
     assert "final: val/mIoU" in log
     client = MlflowClient(uri)

@@ -48,7 +48,7 @@ class ConsoleWriter:
             t = {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")}
             eta = _clock(t.get("time", 0.0) * (self.max_iters - step))
             terms = [k for k in (self.terms or [k for k in t if k in ("ce", "dice")]) if "_" not in k and k in t]
-            parts = [f"it {step}/{self.max_iters}", f"eta {eta}", f"loss {_fmt(t['loss'])}",
+            parts = [f"[{step}/{self.max_iters}]", f"eta {eta}", f"loss {_fmt(t['loss'])}",
                      *(f"{k} {_fmt(t[k])}" for k in terms)]
             for g in self.groups[:2]:  # the domains; per-source monitors are in metrics.jsonl and MLflow
                 values = [t.get(f"{k}_{g}") for k in terms]
@@ -58,7 +58,7 @@ class ConsoleWriter:
             log.info(" ".join(parts))
         if "val/mIoU" in metrics:
             rare = f" rare {metrics['val/mIoU_rare']:.3f}" if "val/mIoU_rare" in metrics else ""
-            log.info("it %d val mIoU %.4f%s pixel acc %.3f", step, metrics["val/mIoU"], rare,
+            log.info("[%d] val mIoU %.4f%s pixel acc %.3f", step, metrics["val/mIoU"], rare,
                      metrics.get("val/pixel_acc", math.nan))
 
     def close(self) -> None:
