@@ -3,7 +3,11 @@ PNG decoders compared on those files.
 
 Writes (once, cached) ToyCity scenes at the real datasets' sizes and in their layouts: the real set at Cityscapes
 size (2048×1024 RGB PNGs, 8-bit id labels; ``leftImg8bit``/``gtFine``) and a synthetic set in the SYNTHIA layout
-(1280×760 RGB PNGs, 16-bit 3-channel label PNGs with the id in R; ``RGB``/``GT/LABELS``). For each it builds the
+(1280×760 RGB PNGs, 16-bit 3-channel label PNGs with the id in R; ``RGB``/``GT/LABELS``, ``data.toycity.n_synthia``).
+ToyCity renders its synthetic scenes in flat colours, which compress ~100× (30 KB a file) and decode unlike SYNTHIA's
+textured renders; so by default (``--synthia-images textured``) the SYNTHIA set's RGB files are the same scenes
+rendered with ToyCity's real-domain texture, noise and lighting, saved at Pillow's default compression (its labels
+are ToyCity's, unchanged); ``flat`` reads ToyCity's own files. For each set it builds the
 training loader exactly as a run does (``segsweep.data.build.build_train_val``: label reading and mapping, random
 rescale, crop, flip, normalisation, collation) and measures
 
@@ -25,9 +29,9 @@ only the crop window); ``pillow+array`` adds the whole image turned into a numpy
 
 Rounds alternate; loader figures are the best round's (robust to other load on the machine), decoder figures the
 median round's. To size ``data.num_workers``: a GPU step of B images taking t seconds needs about
-B / (t × one_worker_images_per_s) workers. The files are ToyCity renders saved at zlib level 1: they compress less
-well than photographs at the default level for the real images, and far better for the flat SYNTHIA-style ones, so
-absolute decode times differ from the real datasets'; the decoders' ratios are what carries over.
+B / (t × one_worker_images_per_s) workers. The Cityscapes-size files are ToyCity's real renders saved at zlib level
+1 (~4 MB a file, more than Cityscapes' ~2 MB photographs), so absolute decode times differ from the real datasets';
+the decoders' ratios are what carries over.
 
     python bench/bench_loader.py                       # both sets, crops 512×1024, scale 0.5–2.0
     python bench/bench_loader.py --sets synthia --crop 512 512 --images 24
@@ -62,7 +66,7 @@ SETS = {
 }
 
 
-def compose_run(name: str, args, workers: int, out: str):
+def compose_run(name: str, args, workers: int, out: str, extra: tuple[str, ...] = ()):
     """The validated config of a run training on one set's source alone (as train.py would compose it)."""
     from hydra import compose, initialize_config_dir
 
@@ -75,9 +79,9 @@ def compose_run(name: str, args, workers: int, out: str):
             f"data.toycity.n_real_train={images if layout == 'cityscapes' else 1}", "data.toycity.n_real_val=1",
             "data.toycity.n_synthetic=1", f"data.toycity.n_synthia={images if layout == 'synthia' else 0}",
             f"data.crop_size=[{args.crop[0]},{args.crop[1]}]", f"data.scale_range=[{args.scale[0]},{args.scale[1]}]",
-            "data.hflip=true", f"data.num_workers={workers}"]
+            "data.hflip=true", f"data.num_workers={workers}", *extra]
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
         return validate(compose("config", overrides=over))
 
 
@@ -132,6 +136,8 @@ def as_rgb_hwc(name: str, decoded: object, path: Path) -> np.ndarray | None:
     a = np.asarray(decoded)
     if name in ("cv2.imread", "cv2.imdecode") and a.ndim == 3:  # OpenCV: B, G, R(, A)
         return a[..., [2, 1, 0, 3][: a.shape[2]]]
+    if name == "pyspng" and a.ndim == 3 and a.shape[2] == 4 and a.dtype == np.uint16 and (a[..., 3] == 65535).all():
+        return a[..., :3]  # pyspng returns 16-bit RGB with an opaque alpha channel added
     return a
 
 
@@ -195,6 +201,37 @@ def print_decoder_table(results: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------------ loaders
 
+def textured_synthia(flat_root: Path, toy) -> Path:
+    """A SYNTHIA-layout copy of ToyCity's SYNTHIA set whose RGB files are the same scenes rendered in the real
+    domain's style (texture, noise, lighting) at Pillow's default compression; labels copied unchanged. Written once
+    beside ToyCity's directory. Each scene is redrawn from its own random stream, and its flat render checked
+    against ToyCity's file, so the labels match the images."""
+    import copy
+    import shutil
+
+    from segsweep.data.toycity import draw_scene, render
+
+    root = flat_root.parent.with_name(flat_root.parent.name + "-synthia-textured")
+    if (root / "COMPLETE").exists():
+        return root
+    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "RGB").mkdir(parents=True)
+    (tmp / "GT" / "LABELS").mkdir(parents=True)
+    for i in range(toy.n_synthia):  # toycity.generate's stream 3, image i
+        name = f"{i + 1:05d}.png"
+        rng = np.random.default_rng([toy.seed, 3, i])
+        scene = draw_scene(rng, toy.height, toy.width, True, force_train=i % 23 == 11, plates=False)
+        flat = render(scene, copy.deepcopy(rng), True)
+        if not np.array_equal(flat, np.asarray(Image.open(flat_root / "RGB" / name))):
+            raise RuntimeError(f"{flat_root / 'RGB' / name} is not the scene redrawn here: toycity.generate changed")
+        Image.fromarray(render(scene, rng, False)).save(tmp / "RGB" / name)
+        shutil.copyfile(flat_root / "GT" / "LABELS" / name, tmp / "GT" / "LABELS" / name)
+    (tmp / "COMPLETE").write_text("ok\n")
+    os.rename(tmp, root)
+    return root
+
+
 def bare(paths: list[tuple[Path, Path]], crop: tuple[int, int], rng: np.random.Generator, image_decoder: str,
          sixteen: bool) -> float:
     """Seconds per image: decode both files, random crop, arrays (the minimum a training loader does)."""
@@ -243,12 +280,12 @@ def in_process(loader, n: int) -> tuple[float, float, float]:
     return read / n, tf / n, (read + tf) / n
 
 
-def one_worker(name: str, args, out: str, n_batches: int) -> float:
+def one_worker(name: str, args, out: str, n_batches: int, extra: tuple[str, ...]) -> float:
     """Images per second delivered by a single worker process, after its first batch."""
     from segsweep.data.build import build_train_val, stop_workers
     from segsweep.data.labels import label_set
 
-    cfg = compose_run(name, args, 1, out)
+    cfg = compose_run(name, args, 1, out, extra)
     tv = build_train_val(cfg.data, cfg.dataset_mix, label_set(cfg.data.labels), args.batch, seed=0, pin_memory=False)
     it = iter(tv.train_loader)
     try:
@@ -269,6 +306,11 @@ def measure_set(name: str, args, out: str) -> tuple[dict, dict[str, list[Path]]]
     cfg = compose_run(name, args, 0, out)
     t0 = time.perf_counter()
     roots = ensure_toycity(cfg.data.cache_dir, cfg.data.toycity)
+    extra: tuple[str, ...] = ()
+    if name == "synthia" and args.synthia_images == "textured":
+        roots["synthia"] = textured_synthia(roots["synthia"], cfg.data.toycity)
+        extra = (f"data.sources.synthia.root={roots['synthia']}",)
+        cfg = compose_run(name, args, 0, out, extra)
     generated_s = time.perf_counter() - t0
     tv = build_train_val(cfg.data, cfg.dataset_mix, label_set(cfg.data.labels), args.batch, seed=0, pin_memory=False)
     (ds,) = tv.trained.values()
@@ -276,6 +318,7 @@ def measure_set(name: str, args, out: str) -> tuple[dict, dict[str, list[Path]]]
     files = {f"{name} images": list(ds.image_paths),
              f"{name} labels{'16' if name == 'synthia' else '8'}": list(ds.label_paths)}
     result = {"image_hw": list(SETS[name][2]), "layout": SETS[name][0], "files": len(paths),
+              **({"images": args.synthia_images} if name == "synthia" else {}),
               "generated_s": round(generated_s, 1), "root": str(roots[SETS[name][0]])}
     if args.decoders_only:
         return result, files
@@ -290,7 +333,7 @@ def measure_set(name: str, args, out: str) -> tuple[dict, dict[str, list[Path]]]
         rows["read"].append(read)
         rows["transform"].append(tf)
         rows["loader"].append(total)
-        rows["one_worker"].append(one_worker(name, args, out, max(2, n // args.batch)))
+        rows["one_worker"].append(one_worker(name, args, out, max(2, n // args.batch), extra))
     bare_s, loader_s = min(min(rows["bare_pillow"]), min(rows["bare_cv2"])), min(rows["loader"])
     one = max(rows["one_worker"])
     result.update({
@@ -318,6 +361,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3, help="loader rounds")
     p.add_argument("--decoder-rounds", type=int, default=5)
+    p.add_argument("--synthia-images", choices=["textured", "flat"], default="textured",
+                   help="SYNTHIA RGB files: ToyCity's scenes with real-domain texture (default), or its flat renders")
     p.add_argument("--decoders-only", action="store_true", help="generate the files and compare the decoders only")
     p.add_argument("--no-decoders", action="store_true", help="skip the decoder comparison")
     p.add_argument("--cache", default=os.environ.get("SEGSWEEP_CACHE",
