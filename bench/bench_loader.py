@@ -16,16 +16,23 @@ rescale, crop, flip, normalisation, collation) and measures
   ``transform_ms``;
 - ``one_worker_images_per_s``: images per second that one worker process delivers to the training process
   (``data.num_workers=1``, batches included);
+- ``pillow_*``: the same two with the images decoded by Pillow (``paired.open_image``), as the loader did before
+  it decoded 8-bit RGB PNGs with OpenCV (``paired.open_rgb``), in the same rounds: the switch's gain, measured
+  under the same conditions (absolute times drift by 10-20 % between runs on a shared machine);
 - ``bare_<decoder>_per_image_ms``: both files decoded (image with Pillow, or with OpenCV straight to RGB; labels
   with Pillow, or OpenCV for the 16-bit ones Pillow cannot read), cropped at a random box to the crop size and
   turned into arrays: the least any loader of these files must do; ``loader_vs_bare`` is against the faster one;
 
-and the decoders (``--decoders``): Pillow, OpenCV (``cv2.imread`` / ``cv2.imdecode``, ``IMREAD_UNCHANGED``, and
-``cv2.imread`` with ``IMREAD_COLOR_RGB``), ``torchvision.io.decode_png`` and pyspng, each on the same files (the
+and (unless ``--no-decoders``) the decoders: Pillow, OpenCV (``cv2.imread`` / ``cv2.imdecode``,
+``IMREAD_UNCHANGED``, and ``cv2.imread`` with ``IMREAD_COLOR_RGB``), ``torchvision.io.decode_png`` (deprecated
+since torchvision 0.29 in favour of TorchCodec; 16-bit with ``ImageReadMode.UNCHANGED``) and pyspng, each on the
+same files (the
 images, and the labels where it reads them), in ms per image, with each decoder's ratio to the group's fastest and
 whether its pixels equal the reference's (Pillow for 8-bit files, OpenCV's for the 16-bit labels, which Pillow
-misreads). Pillow's row is its decode alone (``Image.open(...).load()``, what the loader does before converting
-only the crop window); ``pillow+array`` adds the whole image turned into a numpy array, which the others return.
+misreads). Pillow's row is its decode alone (``Image.open(...).load()``: the loader then converts only the crop
+window); ``pillow+array`` adds the whole image turned into a numpy array, which the others return. The loader itself
+(``paired.open_rgb``) decodes 8-bit RGB PNGs as ``cv2.imdecode`` with ``IMREAD_COLOR_RGB`` and hands the array to
+Pillow (``Image.fromarray``, ~1 ms at 2048×1024).
 
 Rounds alternate; loader figures are the best round's (robust to other load on the machine), decoder figures the
 median round's. To size ``data.num_workers``: a GPU step of B images taking t seconds needs about
@@ -41,6 +48,7 @@ the decoders' ratios are what carries over.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -253,13 +261,13 @@ def bare(paths: list[tuple[Path, Path]], crop: tuple[int, int], rng: np.random.G
         top, left = int(rng.integers(0, max(h - ch, 0) + 1)), int(rng.integers(0, max(w - cw, 0) + 1))
         box = (left, top, left + min(cw, w), top + min(ch, h))
         if image_decoder == "pillow":
-            torch.from_numpy(np.asarray(im.crop(box))).permute(2, 0, 1)
+            torch.from_numpy(np.array(im.crop(box))).permute(2, 0, 1)
         else:
             torch.from_numpy(np.ascontiguousarray(im[box[1]: box[3], box[0]: box[2]])).permute(2, 0, 1)
         if sixteen:
             torch.from_numpy(np.ascontiguousarray(lab[box[1]: box[3], box[0]: box[2]]))
         else:
-            torch.from_numpy(np.asarray(lab.crop(box)))
+            torch.from_numpy(np.array(lab.crop(box)))
     return (time.perf_counter() - t0) / len(paths)
 
 
@@ -278,6 +286,27 @@ def in_process(loader, n: int) -> tuple[float, float, float]:
             t2 = time.perf_counter()
             read, tf = read + t1 - t0, tf + t2 - t1
     return read / n, tf / n, (read + tf) / n
+
+
+@contextlib.contextmanager
+def pillow_images():
+    """The loaders open their images with Pillow (``open_image`` + RGB), as before ``paired.open_rgb``."""
+    from segsweep.data import paired
+
+    saved = getattr(paired, "open_rgb", None)
+
+    def with_pillow(path: Path) -> Image.Image:
+        im = paired.open_image(path)
+        return im if im.mode == "RGB" else im.convert("RGB")
+
+    paired.open_rgb = with_pillow
+    try:
+        yield
+    finally:
+        if saved is None:
+            del paired.open_rgb
+        else:
+            paired.open_rgb = saved
 
 
 def one_worker(name: str, args, out: str, n_batches: int, extra: tuple[str, ...]) -> float:
@@ -325,7 +354,7 @@ def measure_set(name: str, args, out: str) -> tuple[dict, dict[str, list[Path]]]
     rng = np.random.default_rng(0)
     n = len(paths)
     rows: dict[str, list[float]] = {k: [] for k in ("bare_pillow", "bare_cv2", "read", "transform", "loader",
-                                                    "one_worker")}
+                                                    "one_worker", "pillow_read", "pillow_loader", "pillow_one_worker")}
     for _ in range(args.rounds):
         rows["bare_pillow"].append(bare(paths, tuple(args.crop), rng, "pillow", name == "synthia"))
         rows["bare_cv2"].append(bare(paths, tuple(args.crop), rng, "cv2", name == "synthia"))
@@ -334,6 +363,11 @@ def measure_set(name: str, args, out: str) -> tuple[dict, dict[str, list[Path]]]
         rows["transform"].append(tf)
         rows["loader"].append(total)
         rows["one_worker"].append(one_worker(name, args, out, max(2, n // args.batch), extra))
+        with pillow_images():
+            read, _, total = in_process(tv.train_loader, n)
+            rows["pillow_read"].append(read)
+            rows["pillow_loader"].append(total)
+            rows["pillow_one_worker"].append(one_worker(name, args, out, max(2, n // args.batch), extra))
     bare_s, loader_s = min(min(rows["bare_pillow"]), min(rows["bare_cv2"])), min(rows["loader"])
     one = max(rows["one_worker"])
     result.update({
@@ -345,6 +379,13 @@ def measure_set(name: str, args, out: str) -> tuple[dict, dict[str, list[Path]]]
         "loader_vs_bare": round(loader_s / bare_s, 3),
         "one_worker_images_per_s": round(one, 2),
         "one_worker_vs_bare": round((1 / one) / bare_s, 3),
+        "pillow_loader_per_image_ms": round(1000 * min(rows["pillow_loader"]), 1),
+        "pillow_read_ms": round(1000 * min(rows["pillow_read"]), 1),
+        "pillow_one_worker_images_per_s": round(max(rows["pillow_one_worker"]), 2),
+        "loader_speedup_vs_pillow": round(min(rows["pillow_loader"]) / loader_s, 3),
+        "median_loader_speedup_vs_pillow": round(statistics.median(rows["pillow_loader"]) /
+                                                 statistics.median(rows["loader"]), 3),
+        "one_worker_speedup_vs_pillow": round(one / max(rows["pillow_one_worker"]), 3),
         "median_loader_ms": round(1000 * statistics.median(rows["loader"]), 1),
         "median_loader_vs_bare": round(statistics.median(rows["loader"]) / min(
             statistics.median(rows["bare_pillow"]), statistics.median(rows["bare_cv2"])), 3),
@@ -359,7 +400,7 @@ def main() -> None:
     p.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
     p.add_argument("--scale", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"))
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3, help="loader rounds")
+    p.add_argument("--rounds", type=int, default=5, help="loader rounds")
     p.add_argument("--decoder-rounds", type=int, default=5)
     p.add_argument("--synthia-images", choices=["textured", "flat"], default="textured",
                    help="SYNTHIA RGB files: ToyCity's scenes with real-domain texture (default), or its flat renders")

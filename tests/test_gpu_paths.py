@@ -70,8 +70,7 @@ def run_loop(model: torch.nn.Module, steps: int, *, log_every: int = 1, val=(), 
     criterion = criterion or SegmentationCriterion(class_weight=CLASS_WEIGHT, num_classes=C, **LOSS)
     opt = build_optimizer(model, optim)
     state = TrainState(model, criterion, opt, build_scheduler(opt, steps, optim))
-    options = {"amp": False, "channels_last": False, **options}  # only what the test asks for (the schema's
-    # defaults turn both on)
+    options = {"amp": False, "channels_last": False, **options}  # only what the test asks for
     cfg = TrainerConfig(max_iters=steps, log_every=log_every, eval_every=steps, progress_bar="off", **options)
     rec = Recorder()
     batches = make_batches()

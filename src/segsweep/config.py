@@ -269,8 +269,8 @@ class TrainerConfig:
     log_every: int = 20  # losses are read from the device once per this many iterations
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    amp: bool = False  # bf16 autocast, on any device (CPU too); trainer=gpu turns it on
+    channels_last: bool = False  # NHWC images and weights, on any device; trainer=gpu turns it on
     compile: bool = False  # torch.compile the model
     progress_bar: str = "auto"  # auto: only when stderr is a terminal
     num_threads: int | None = None  # torch CPU threads (None: torch's default); 1 when trials run side by side

@@ -3,6 +3,11 @@
 Every problem with the data raises ``DatasetError`` naming the file and what was expected. Missing directories,
 missing labels and image/label pairs of different sizes (read from the PNG headers) are found when the dataset is
 built, before training; corrupt files and label values outside the source's table when the sample is read.
+
+Training images that are 8-bit RGB PNGs (Cityscapes, GTA5, SYNTHIA) are decoded by OpenCV straight into R, G, B
+order, the same bytes as Pillow's (PNG is lossless): the decode 1.10-1.19x faster than Pillow's on 2048x1024 and
+1280x760 images, a loader's image 1.06-1.12x (bench/bench_loader.py, 2 CPU cores). Every other image, and any file
+OpenCV cannot decode, goes through Pillow as before.
 """
 
 from __future__ import annotations
@@ -48,6 +53,39 @@ def open_image(path: Path) -> Image.Image:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error... for bad files
         raise DatasetError(f"cannot read {path}: {e} (expected a valid image file)") from e
     return im
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_rgb8_png(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (>= 26 bytes) is a PNG of 8-bit RGB pixels: IHDR bit depth 8, colour
+    type 2 (no palette, grey or alpha channel)."""
+    return len(head) >= 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[24] == 8 \
+        and head[25] == 2
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """A training image as a decoded RGB PIL image. 8-bit RGB PNGs are decoded by OpenCV (faster than Pillow,
+    identical pixels; EXIF orientation ignored, as Pillow does), then handed to Pillow (one copy, ~1 ms at
+    2048x1024); other files, and PNGs OpenCV rejects (e.g. a missing IEND chunk, which Pillow accepts), are opened
+    by Pillow (``open_image``) and converted to RGB."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e} (expected a valid image file)") from e
+    if is_rgb8_png(data[:26]):
+        import cv2
+
+        rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11 decodes straight into R, G, B order
+        a = cv2.imdecode(np.frombuffer(data, np.uint8),
+                         (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION)
+        if a is not None and a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+            if rgb is None:
+                a = cv2.cvtColor(a, cv2.COLOR_BGR2RGB, dst=a)
+            return Image.fromarray(a)
+    im = open_image(path)
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert() on an RGB image would copy it whole
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -171,12 +209,10 @@ class PairedSegmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         label = self._label(i)
-        im = open_image(self.image_paths[i])
+        im = open_rgb(self.image_paths[i])
         if im.size[::-1] != label.shape:
             raise DatasetError(f"image {self.image_paths[i]} is {im.size[1]}x{im.size[0]} (HxW) but its label "
                                f"{self.label_paths[i]} is {label.shape[0]}x{label.shape[1]}; expected equal sizes")
-        if im.mode != "RGB":  # convert() on an RGB image would copy it whole
-            im = im.convert("RGB")
         if self.resize is not None and im.size[::-1] != self.resize:
             im = im.resize(self.resize[::-1], Image.Resampling.BILINEAR)
         # The image stays a decoded PIL image and the label uint8: the training transform turns only its crop
