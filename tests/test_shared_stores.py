@@ -36,7 +36,7 @@ TINY = ["trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=3", "t
         "data.toycity.width=128", "data.toycity.n_real_train=12", "data.toycity.n_real_val=4",
         "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.num_workers=0"]
 ARTIFACTS = {"config_resolved.yaml", "class_weights.txt", "metrics.jsonl", "plots"}
-PLOTS = {"plots/training_curves.png", "plots/iou_per_class.png", "plots/confusion.png"}
+PLOTS = {"plots/training_curves.png", "plots/iou_per_class.png", "plots/confusion.png", "plots/val_panels.png"}
 
 
 @pytest.fixture(scope="module")

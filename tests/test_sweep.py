@@ -80,7 +80,7 @@ def test_study_completes_with_parent_children_and_summary(tmp_path, cache_dir):
     assert {"study/trials.csv", "study/optimization_history.png", "study/real_vs_synthetic.png"} <= artifacts
     for child in children:  # each trial's own figures
         assert {a.path for a in client.list_artifacts(child.info.run_id, "plots")} == {
-            "plots/training_curves.png", "plots/iou_per_class.png", "plots/confusion.png"}
+            "plots/training_curves.png", "plots/iou_per_class.png", "plots/confusion.png", "plots/val_panels.png"}
 
 
 def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120):
@@ -209,7 +209,8 @@ def test_trials_in_local_subprocesses_prune_and_link_to_the_parent(tmp_path, cac
     console = done.stdout + done.stderr  # the same lines as with the basic launcher, from the sweeper
     for t in trials:
         assert f"trial {t.number} launched (search): " in console
-        assert re.search(rf"trial {t.number} \(search\) pruned at step 3 \(0\.\d{{4}}\) in \d+:\d\d: ce_weight=",
+        assert re.search(rf"trial {t.number} \(search\) pruned at step 3 \(0\.\d{{4}}\) in \d+:\d\d: "
+                         r"synthetic_loss_weight=0\.\d+ ce_weight=",
                          console), console[-2000:]
     assert "study smoke search 2/2 done 0 running 0 queued" in console and "#0 : " not in console
     logs = sorted((tmp_path / "multirun" / ".submitit").glob("*/*_log.out"))
