@@ -9,7 +9,6 @@ the training run (tag segsweep.evaluates = its id).
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("SEGSWEEP_ROOT", str(Path(__file__).resolve().parent))
@@ -80,11 +79,6 @@ def _log_mlflow(run, split, metrics, figures, out) -> None:
 
 
 if __name__ == "__main__":
-    from segsweep.config import ConfigError
-    from segsweep.data.paired import DatasetError
+    from segsweep.infer import cli
 
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, DatasetError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    cli(main)

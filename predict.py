@@ -9,7 +9,6 @@ prediction). Images are predicted whole, at their own resolution.
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("SEGSWEEP_ROOT", str(Path(__file__).resolve().parent))
@@ -61,11 +60,6 @@ def main(argv: list[str]) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from segsweep.config import ConfigError
-    from segsweep.data.paired import DatasetError
+    from segsweep.infer import cli
 
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, DatasetError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    cli(main)

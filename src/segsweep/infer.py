@@ -209,3 +209,14 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(open_image(path).convert("RGB"))
     except DatasetError as e:
         raise ConfigError(str(e)) from None
+
+
+def cli(main) -> None:
+    """Run ``main(sys.argv[1:])``; a config or data error ends with its one line and exit code 1."""
+    import sys
+
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, DatasetError) as e:
+        log.error("%s", e)
+        sys.exit(1)

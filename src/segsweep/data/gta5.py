@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segsweep.data.labels import LabelMap
-from segsweep.data.paired import DatasetError, LabelReader, PairedSegmentation, read_u8, require_dir
+from segsweep.data.paired import LabelReader, PairedSegmentation, read_u8, require_dir
 
 
 class GTA5Segmentation(PairedSegmentation):
@@ -22,12 +22,5 @@ class GTA5Segmentation(PairedSegmentation):
         require_dir(self.root, "GTA5 root")
         img_dir = require_dir(self.root / "images", "GTA5 images")
         label_dir = require_dir(self.root / "labels", "GTA5 labels")
-        self.image_paths = sorted(img_dir.glob("*.png"))
-        if not self.image_paths:
-            raise DatasetError(f"no images found under {img_dir} (expected *.png)")
-        self.label_paths = [label_dir / p.name for p in self.image_paths]
-        for img, label in zip(self.image_paths, self.label_paths, strict=True):
-            if not label.is_file():
-                raise DatasetError(f"image {img} has no label: expected {label}")
-        self._readers = [LabelReader(read_u8, id_map)] * len(self.image_paths)
+        self._pair_by_name(img_dir, label_dir, LabelReader(read_u8, id_map))
         self._check_sizes()  # some pairs of the full GTA5 release differ by a few pixels

@@ -171,6 +171,17 @@ class PairedSegmentation(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def _pair_by_name(self, img_dir: Path, label_dir: Path, reader: LabelReader) -> None:
+        """Every ``*.png`` of ``img_dir`` with the file of the same name in ``label_dir`` (GTA5, SYNTHIA)."""
+        self.image_paths = sorted(img_dir.glob("*.png"))
+        if not self.image_paths:
+            raise DatasetError(f"no images found under {img_dir} (expected *.png)")
+        self.label_paths = [label_dir / p.name for p in self.image_paths]
+        for img, label in zip(self.image_paths, self.label_paths, strict=True):
+            if not label.is_file():
+                raise DatasetError(f"image {img} has no label: expected {label}")
+        self._readers = [reader] * len(self.image_paths)
+
     def _check_sizes(self) -> None:
         """Compare every image's size with its label's from the PNG headers (fast on 25 000 files): stop with the
         list of mismatched pairs, or drop them when ``skip_mismatched``. Subclasses call it once the lists are set."""
