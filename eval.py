@@ -17,18 +17,16 @@ log = logging.getLogger("segsweep")
 
 
 def main(argv: list[str]) -> dict[str, float]:
-    import torch
-
     from segsweep.data.build import eval_loader
     from segsweep.engine.evaluate import evaluate
     from segsweep.infer import load_run, parse_args
+    from segsweep.run import resolve_device
     from segsweep.tracking import plots
 
     args, overrides = parse_args(argv, {"ckpt": None, "split": "val", "device": "auto"})
     run = load_run(args["ckpt"], overrides)
     t = run.typed
-    device = torch.device("cuda" if args["device"] == "auto" and torch.cuda.is_available() else
-                          "cpu" if args["device"] == "auto" else args["device"])
+    device = resolve_device(args["device"])
     loader, dataset = eval_loader(t.data, t.dataset_mix, run.labels, args["split"], device.type == "cuda")
     result = evaluate(run.model.to(device), loader, run.labels.num_classes, device, t.trainer.amp,
                       t.trainer.channels_last)

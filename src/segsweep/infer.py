@@ -23,12 +23,11 @@ from segsweep.config import Config, ConfigError, validate
 from segsweep.data.labels import IGNORE, LabelSet, label_set
 from segsweep.data.paired import DatasetError, open_image
 from segsweep.data.transforms import normalize, to_tensor
-from segsweep.models import build_model
+from segsweep.models import build_model, load_state
 from segsweep.models.outputs import main_logits
 
 log = logging.getLogger("segsweep")
 CPU = torch.device("cpu")
-CONF = Path(__file__).resolve().parents[2] / "conf"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -79,13 +78,14 @@ def _override(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     composed from conf/; any other ``key=value`` sets that key."""
     from hydra import compose, initialize_config_dir
 
-    from segsweep.config import register_configs
+    from segsweep.config import project_root, register_configs
 
+    conf = Path(project_root()) / "conf"  # eval.py and predict.py set $SEGSWEEP_ROOT, as train.py does
     for arg in overrides:
         key, _, value = arg.partition("=")
-        if (CONF / key).is_dir():
+        if (conf / key).is_dir():
             register_configs()
-            with initialize_config_dir(config_dir=str(CONF)):
+            with initialize_config_dir(config_dir=str(conf)):
                 composed = compose("config", overrides=[arg])
             node = key.replace("/", ".")
             OmegaConf.update(cfg, node, OmegaConf.to_container(OmegaConf.select(composed, node), resolve=True),
@@ -119,13 +119,9 @@ def load_run(ckpt: str, overrides: list[str] = ()) -> TrainedRun:
                           f"but data.labels has {labels.num_classes} {list(labels.classes)[:6]}...; evaluate it on "
                           "data with its label set")
     model = build_model(typed.model)
-    weights = state.get("model", state) if isinstance(state, dict) else state
-    own = model.state_dict()
-    bad = sorted(set(own) ^ set(weights)) or [k for k in own if tuple(own[k].shape) != tuple(weights[k].shape)]
-    if bad:
-        raise ConfigError(f"config key 'ckpt': {model_file} does not fit the model of its config "
-                          f"({typed.model._target_}): e.g. {bad[0]!r} differs; was the model config overridden?")
-    model.load_state_dict(weights)
+    load_state(model, state.get("model", state) if isinstance(state, dict) else state,
+               f"config key 'ckpt': {model_file} does not fit the model of its config ({typed.model._target_})",
+               "; was the model config overridden?")
     return TrainedRun(cfg, typed, labels, model.eval(), run_dir, model_file)
 
 

@@ -485,13 +485,15 @@ def record(r: StudyReport) -> tuple[dict[str, str], dict[str, float]]:
 
 
 def write_report(studies: Sequence[optuna.Study], out_dir: Path, summary_dir: Path | None = None,
-                 client=None, parent_run_id: str | None = None, min_effect: float | None = None) -> list[Path]:
+                 client=None, parent_run_id: str | None = None, min_effect: float | None = None,
+                 reports: Sequence[StudyReport] | None = None) -> list[Path]:
     """Write ``report.md``, ``report.html`` (and the md's PNGs) into ``out_dir``; with ``client`` and
     ``parent_run_id`` also log report.md and report.html under ``study/`` of the study's MLflow parent run.
-    Returns the paths, report.md and report.html first."""
+    ``reports``: the studies' already built reports (else built here). Returns the paths, report.md and
+    report.html first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reports = [build(s, min_effect) for s in studies]
+    reports = list(reports) if reports is not None else [build(s, min_effect) for s in studies]
     bs: list[tuple] = [("h1", "Study report: " + ", ".join(r.name for r in reports))]
     if len(reports) > 1:
         bs.append(("table", ["study", "answer"], [[r.name, r.answer] for r in reports]))
@@ -542,8 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_dir = len(studies) == 1 and len(a.dirs) == 1
     out = a.out or (a.dirs[0] / "study_summary" if one_dir else Path("report"))
     summary = a.dirs[0] / "study_summary" if one_dir else None
-    paths = write_report(studies, out, summary, min_effect=a.min_effect)
-    print("\n".join(build(s, a.min_effect).answer for s in studies))
+    reports = [build(s, a.min_effect) for s in studies]
+    paths = write_report(studies, out, summary, reports=reports)
+    print("\n".join(r.answer for r in reports))
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 

@@ -234,7 +234,7 @@ class PairedSegmentation(torch.utils.data.Dataset):
     def fingerprint(self) -> str:
         """A short hash of the label files (relative paths, sizes, mtimes), their tables and the resize: the
         identity of the train ids this dataset yields."""
-        maps = sorted({r.label_map.fingerprint() for r in self._readers})
+        maps = sorted({m.fingerprint() for m in {id(r.label_map): r.label_map for r in self._readers}.values()})
         h = hashlib.sha1(f"{type(self).__name__}|{self.resize}|{maps}".encode())
         for p in self.label_paths:
             st = p.stat()

@@ -23,7 +23,7 @@ from segsweep.models.outputs import ModelOutputError, main_logits, standardize
 from segsweep.models.unet import UNet
 
 __all__ = ["UNet", "DeepLabV3", "UNetConfig", "DeepLabV3Config", "register_model_schemas", "build_model",
-           "check_outputs", "standardize", "main_logits", "DEFAULT_ALLOW"]
+           "check_outputs", "load_state", "standardize", "main_logits", "DEFAULT_ALLOW"]
 
 DEFAULT_ALLOW = ["segsweep.models", "torchvision.models", "segmentation_models_pytorch"]
 RESERVED = ("allow", "weights", "weights_into")  # keys of the model node that are segsweep's, not the model's
@@ -112,18 +112,23 @@ def load_weights(model: torch.nn.Module, path: str, into: str = "") -> None:
         target = model.get_submodule(into) if into else model
     except AttributeError:
         raise ConfigError(f"config key 'model.weights_into': the model has no submodule {into!r}") from None
+    load_state(target, state, f"config key 'model.weights': {p} does not fit "
+                              f"{f'model.{into}' if into else 'the model'}", " (model.weights_into names a submodule)")
+
+
+def load_state(target: torch.nn.Module, state: dict, what: str, hint: str = "") -> None:
+    """Load ``state`` into ``target`` when every key matches with its shape; otherwise one ConfigError line,
+    ``what`` followed by the missing, unexpected and reshaped keys and ``hint``."""
     own = target.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        where = f"model.{into}" if into else "the model"
         parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
                  f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else ""]
-        raise ConfigError(f"config key 'model.weights': {p} does not fit {where}: keys "
-                          + ", ".join(x for x in parts if x) + " (model.weights_into names a submodule)")
+        raise ConfigError(f"{what}: keys " + ", ".join(x for x in parts if x) + hint)
     target.load_state_dict(state)
 
 

@@ -224,8 +224,8 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
     try:  # the study's verdict (segsweep.report): report.md and report.html here and on the parent run
         from segsweep.report import build, record, write_report
 
+        report = build(study)  # once: its tags and metrics here, its files below
         if len(names) == 1:
-            report = build(study)
             answer_tags, metrics = record(report)
             for k, v in answer_tags.items():
                 client.set_tag(parent_run_id, k, v)
@@ -234,7 +234,7 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
 
                 now = int(time.time() * 1000)
                 client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        write_report([study], out_dir, out_dir, client, parent_run_id)
+        write_report([study], out_dir, out_dir, client, parent_run_id, reports=[report])
     except Exception as e:  # a report must never fail the study
         log.warning("study report skipped: %s", e)
     return paths
