@@ -53,12 +53,10 @@ def main(argv: list[str]) -> dict[str, float]:
 
 def _log_mlflow(run, split, metrics, figures, out) -> None:
     """A new MLflow run nested under the training run (found by its output directory), in its experiment."""
-    from mlflow.tracking import MlflowClient
-
-    from segsweep.tracking.mlflow_writer import MlflowWriter
+    from segsweep.tracking.mlflow_writer import MlflowWriter, open_client
 
     t = run.typed
-    client = MlflowClient(t.mlflow.tracking_uri)
+    client = open_client(t.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(t.mlflow.experiment_name)
     parent = None
     if exp is not None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 from segsweep.config import register_configs, validate
 from segsweep.data.build import build_train_val
@@ -20,6 +19,7 @@ from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import build_model
 from segsweep.run import class_weights_for, seed_everything
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
@@ -100,7 +100,7 @@ def test_two_ranks_log_what_one_process_computes_on_the_same_samples(tmp_path):
     (val,) = [r for r in records if "val/mIoU" in r]
     assert val["val/mIoU"] == pytest.approx(miou, abs=2e-3)
 
-    client = MlflowClient(uri)
+    client = open_client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])  # one run: rank 0's
     assert run.info.status == "FINISHED" and run.data.tags["segsweep.world_size"] == "2"
     assert run.data.metrics["train/ce_real"] == pytest.approx(expected[2]["train/ce_real"], rel=2e-4)

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from segsweep.config import ConfigError
 from segsweep.data.labels import LabelSet
 from segsweep.infer import colorize, panel, predict
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_eval_reproduces_the_runs_final_evaluation_and_nests_its_mlflow_run(trai
     written = json.loads((run_dir / "eval" / "val" / "metrics.json").read_text())
     assert written == expected
     assert (run_dir / "eval" / "val" / "confusion.png").is_file()
-    client = MlflowClient(uri)
+    client = open_client(uri)
     runs = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     (train_run,) = [r for r in runs if r.data.tags.get("segsweep.output_dir") == str(run_dir.resolve())]
     (eval_run,) = [r for r in runs if r.info.run_name == "eval-val"]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from segsweep.config import ToyCityConfig
 from segsweep.data.toycity import ensure_toycity
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ToyCityConfig(height=64, width=128, n_real_train=12, n_real_val=4, n_synthetic=12)  # as sweeps=smoke
@@ -60,7 +60,7 @@ def test_data_error_in_a_worker_ends_the_run_with_one_line(tmp_path, bad_cache, 
     assert len(errors) == 1 and re.search(truncated(images) + "$", errors[0]), out[-3000:]
     assert "Traceback" not in out and "worker" not in errors[0]
     if workers == 4:
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
         (run,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
         assert run.info.status == "FAILED"
 
@@ -82,6 +82,6 @@ def test_trials_with_loader_workers_end_when_pruned_or_failing_on_data(tmp_path,
     failed, pruned = by_cache[str(cache)], by_cache[str(good)]
     assert failed.state == TrialState.FAIL and pruned.state == TrialState.PRUNED
     assert re.fullmatch("DatasetError: " + truncated(images), failed.user_attrs["fail_reason"])
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     assert client.get_run(failed.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert client.get_run(pruned.user_attrs["mlflow_run_id"]).info.status == "KILLED"

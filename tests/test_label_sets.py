@@ -12,11 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from segsweep.config import ConfigError, register_configs, validate
 from segsweep.run import run
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 FIVE = ["flat", "construction", "nature", "human", "vehicle"]
@@ -85,7 +85,7 @@ def test_a_five_class_label_set_speaks_its_names_in_the_run_mlflow_and_report(tm
     assert rows == FIVE
     assert "road" not in table and "traffic" not in table
     # MLflow: per-class IoU under the five names, nothing of the Cityscapes table
-    client = MlflowClient(uri)
+    client = open_client(uri)
     exp = client.get_experiment_by_name("segsweep")
     runs = [r for r in client.search_runs([exp.experiment_id]) if "val/mIoU" in r.data.metrics]
     assert runs

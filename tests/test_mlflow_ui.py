@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from ui_helpers import Browser, mlflow_server, require_chromium, run_sweep_cli
+
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -42,7 +43,7 @@ def shown_value(text: str, metric: str) -> float:
 @pytest.mark.slow  # ~2 min with chromium on 2 cores: outside the 15-minute CI; python -m pytest -m ui
 def test_mlflow_ui_shows_study_children_and_split_monitors(sweep_store, tmp_path):
     require_chromium()  # before starting anything: a clear failure where the browser is missing
-    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_store}")
+    client = open_client(f"sqlite:///{sweep_store}")
     exp = client.get_experiment_by_name("segsweep")
     assert exp is not None, "the store has no 'segsweep' experiment"
     [parent] = client.search_runs([exp.experiment_id], "tags.`segsweep.role` = 'study'")

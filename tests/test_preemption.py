@@ -14,11 +14,11 @@ import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from segsweep.config import register_configs
 from segsweep.run import run
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
@@ -72,7 +72,7 @@ def test_stop_signal_checkpoints_and_the_same_command_resumes_exactly(tmp_path, 
     stopped = ckpt["iteration"]
     assert 0 < stopped < 60 and stopped % 2 == 0  # at a logging step
     assert records(out / "metrics.jsonl")[-1]["iteration"] == stopped
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     first = client.get_run(ckpt["mlflow_run_id"])
     assert first.info.status == "KILLED" and first.data.tags["segsweep.preempted_at"] == str(stopped)
 
@@ -129,7 +129,7 @@ def test_time_limit_signal_requeues_a_submitit_job_which_finishes_its_trial(tmp_
     stopped = int(trial.user_attrs["preempted_at"])
     iterations = [r["iteration"] for r in records(jsonl) if "train/loss" in r]
     assert iterations == list(range(2, 61, 2)) and 0 < stopped < 60  # each logging step once
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     child = client.get_run(trial.user_attrs["mlflow_run_id"])  # one run for both halves
     assert child.info.status == "FINISHED" and child.data.tags["segsweep.preempted_at"] == str(stopped)
     assert child.data.metrics["val/mIoU"] == pytest.approx(trial.value)

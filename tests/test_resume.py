@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 from segsweep.config import register_configs
 from segsweep.engine.checkpoint import load
 from segsweep.run import run
+from segsweep.tracking.mlflow_writer import open_client
 from segsweep.tracking.storage import MetricAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, worke
             {k: v for k, v in y.items() if "time" not in k})
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()  # finished: nothing left to resume
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     assert mlrun.info.run_id == ckpt["mlflow_run_id"] and mlrun.info.status == "FINISHED"
     assert mlrun.data.metrics["val/mIoU"] == pytest.approx(reference)

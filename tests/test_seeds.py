@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 import segsweep.run as run_module
 from segsweep.config import register_configs, validate
 from segsweep.engine.distributed import SINGLE_PROCESS
 from segsweep.seeds import run_seeds, search_seeds
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
@@ -92,7 +92,7 @@ def fake_run_one(log):
         if trial is not None:
             mlflow_id = None
             if typed.study.parent_run_id:  # a seed's run, child of the job's run
-                client = MlflowClient(typed.mlflow.tracking_uri)
+                client = open_client(typed.mlflow.tracking_uri)
                 exp = client.get_experiment_by_name(typed.mlflow.experiment_name)
                 mlflow_id = client.create_run(exp.experiment_id, run_name=typed.mlflow.run_name,
                                               tags={"mlflow.parentRunId": typed.study.parent_run_id}).info.run_id
@@ -118,7 +118,7 @@ def study_trial(tmp_path, **user_attrs):
 
 def test_trial_with_two_seeds_reports_per_seed_index_and_is_told_the_mean(tmp_path):
     study, trial, keys = study_trial(tmp_path)
-    parent = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     exp = parent.create_experiment("segsweep")
     parent_id = parent.create_run(exp, run_name="study").info.run_id
     cfg = config(tmp_path, "trial_0", "study.repeats=2", "study.seeds=[3,8]", *keys,
@@ -139,7 +139,7 @@ def test_trial_with_two_seeds_reports_per_seed_index_and_is_told_the_mean(tmp_pa
     assert ua["seed_iou"]["8"] == pytest.approx({"road": 0.95, "person": 0.8})
     assert ua["seed_monitors"]["3"] == pytest.approx({"ce_real": 3.5, "ce_synthetic": 3.7})
     # MLflow: the job's run (child of the study's) holds the mean; each seed's run is its child
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     job = client.get_run(ua["mlflow_run_id"])
     assert job.data.tags["mlflow.parentRunId"] == parent_id and job.info.run_name == "trial-0"
     assert job.data.metrics["val/mIoU"] == pytest.approx(value)

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from pg_server import PgServer, postgres_server
 from ui_helpers import QUIET_ENV, free_port, mlflow_server, tail
+
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 4  # jobs at once on SQLite (4 writers already race; 8 cost ~100 s more of imports on 2 cores)
@@ -69,7 +70,7 @@ def expected_params(out_dir: Path) -> dict[str, str]:
     return effective_params(validate(cfg))
 
 
-def assert_run_complete(client: MlflowClient, run, out_dir: Path, tmp: Path, plots: bool = True) -> None:
+def assert_run_complete(client, run, out_dir: Path, tmp: Path, plots: bool = True) -> None:
     """The MLflow run holds everything its job wrote to ``out_dir``: metrics, params, artifacts (no figures when
     ``plots`` is off: the smoke study sets mlflow.plots=false)."""
     rid, name = run.info.run_id, run.info.run_name
@@ -116,7 +117,7 @@ def assert_study_complete(storage: str, tracking_uri: str, sweep_dir: Path, n: i
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * n, [
         (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
 
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     exp = client.get_experiment_by_name("segsweep")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
@@ -187,7 +188,7 @@ def test_concurrent_runs_create_a_fresh_sqlite_store_together(tmp_path, cache_di
     failed = {i: tail(logs[i], 12) for i, p in enumerate(procs) if p.returncode != 0}
     assert not failed, "\n".join(f"--- run {i} failed:\n{t}" for i, t in failed.items())
 
-    client = MlflowClient(f"sqlite:///{db}")
+    client = open_client(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("segsweep")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     assert sorted(r.info.run_name for r in runs) == sorted(f"plain-{i}" for i in range(N))

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -33,7 +34,7 @@ def start_study(tmp: Path, *extra: str) -> subprocess.Popen:
 
 def training_job(tmp: Path, proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
     """(trial number, SLURM job id) of the first trial seen training, from its MLflow run's tags."""
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp}/mlflow.db")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -59,7 +60,7 @@ def finish(proc: subprocess.Popen) -> None:
 
 def load(tmp: Path):
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp}/multirun/optuna.db")
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("segsweep.role") == "study"]
     children = {int(r.data.tags["segsweep.trial"]): r for r in runs
@@ -140,16 +141,15 @@ def test_a_restarted_sweeper_reattaches_to_live_jobs_and_retries_a_dead_one(tmp_
     proc = start_study(tmp_path, *extra)
     storage = f"sqlite:///{tmp_path}/multirun/optuna.db"
     ckpt = tmp_path / "multirun" / "trial_0" / "checkpoint.pt"
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
     deadline = time.monotonic() + 240
     while True:  # both jobs training, trial 0 checkpointed
-        assert proc.poll() is None and time.monotonic() < deadline, "the two jobs did not start training"
-        try:
-            trials = optuna.load_study(study_name="smoke", storage=storage).trials
-        except Exception:  # the study does not exist yet
-            trials = []
-        if len(trials) == 2 and ckpt.exists() and all(
-                (tmp_path / "multirun" / f"trial_{n}" / "metrics.jsonl").exists() for n in (0, 1)):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the two jobs did not start training"
+        # the files first: the study's store exists once a trial writes (opening it sooner would race the
+        # sweeper creating its tables)
+        if ckpt.exists() and all((tmp_path / "multirun" / f"trial_{n}" / "metrics.jsonl").exists() for n in (0, 1)) \
+                and len(optuna.load_study(study_name="smoke", storage=storage).trials) == 2:
             break
         time.sleep(0.2)
     proc.kill()  # the sweeper dies (a login node rebooting); its jobs run on

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT = ["study.heartbeat_interval=1", "study.grace_period=4"]
@@ -59,7 +60,7 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 180)
 
 
 def parent_and_children(tmp: Path):
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("segsweep.role") == "study"]
     return client, parent, {r.info.run_id: r for r in runs if r is not parent}

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def study(tmp: Path) -> optuna.Study:
 
 
 def runs(tmp: Path):
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    client = open_client(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("segsweep")
     all_runs = client.search_runs([exp.experiment_id])
     parents = [r for r in all_runs if r.data.tags.get("segsweep.role") == "study"]

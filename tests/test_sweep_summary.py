@@ -7,10 +7,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from segsweep.sweep.summary import write_study_summary
+from segsweep.tracking.mlflow_writer import open_client
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -29,7 +29,7 @@ STEPS = (10, 20, 30)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    return MlflowClient(f"sqlite:///{root}/mlflow.db"), root
+    return open_client(f"sqlite:///{root}/mlflow.db"), root
 
 
 def _experiment(store, name):

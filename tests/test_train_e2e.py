@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 from segsweep.config import register_configs
 from segsweep.run import run
+from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [  # a tiny toycity and a few iterations: seconds on a CPU
@@ -60,7 +60,7 @@ def test_compose_run_logs_split_monitors_and_returns_miou(tmp_path, cache_dir):
         assert (out / name).is_file(), name
     assert "traffic light" in (out / "class_weights.txt").read_text()
 
-    client = MlflowClient(uri)
+    client = open_client(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["loss.ce_weight"] == "0.6" and mlrun.data.params["weighting.method"] == "sqrt_inv_freq"
@@ -99,7 +99,7 @@ def test_cli_subprocess_records_run_in_mlflow(tmp_path, cache_dir):
     assert re.search(r"\] \[6/6\] eta 0:00 loss \d\.\d{3} ce \d\.\d{3} dice \d\.\d{3} real \d\.\d{3}/\d\.\d{3} "
                      r"syn \d\.\d{3}/\d\.\d{3} lr ", log), log
     assert "final: val/mIoU" in log
-    client = MlflowClient(uri)
+    client = open_client(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     assert mlrun.info.status == "FINISHED"
     for key in ("train/loss", "train/ce", "train/dice", "train/ce_real", "train/ce_synthetic", "train/dice_real",
@@ -158,7 +158,7 @@ def test_slurm_job_id_is_recorded_on_the_run(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     monkeypatch.setenv("SLURMD_NODENAME", "gpu-node-7")
     _, _, uri = run_composed(tmp_path, cache_dir, "trainer.max_iters=1", "trainer.log_every=1")
-    client = MlflowClient(uri)
+    client = open_client(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("segsweep").experiment_id])
     assert mlrun.data.tags["segsweep.slurm_job_id"] == "4240_2"  # the array job and task, as sacct names it
     assert mlrun.data.tags["segsweep.slurm_node"] == "gpu-node-7"

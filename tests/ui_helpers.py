@@ -318,10 +318,11 @@ def make_client_store(tmp: Path, study: str = "segsweep-smoke", n_children: int 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+
+    from segsweep.tracking.mlflow_writer import open_client
 
     db = tmp / "mlflow.db"
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    client = open_client(f"sqlite:///{db}")
     exp_id = client.create_experiment("segsweep", artifact_location=(tmp / "mlartifacts").resolve().as_uri())
     parent = client.create_run(exp_id, run_name=study, tags={"segsweep.role": "study"})
     pid = parent.info.run_id
