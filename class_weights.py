@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from segsweep.config import ConfigError, register_configs, validate
+from segsweep.checks import ConfigError
+from segsweep.config import register_configs, validate
 
 ROOT = Path(__file__).resolve().parent
 

@@ -20,6 +20,7 @@ def main(argv: list[str]) -> dict[str, float]:
     from segsweep.data.build import eval_loader
     from segsweep.engine.evaluate import evaluate
     from segsweep.infer import load_run, parse_args
+    from segsweep.io import atomic_write
     from segsweep.run import resolve_device
     from segsweep.tracking import plots
 
@@ -33,9 +34,7 @@ def main(argv: list[str]) -> dict[str, float]:
     metrics = result.metrics(run.labels)
     out = run.run_dir / "eval" / args["split"]
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    tmp.replace(out / "metrics.json")
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
     figures = [plots.confusion_matrix(result.confusion, list(run.labels.classes), out / "confusion.png"),
                plots.iou_bars(result.iou, list(run.labels.classes), out / "iou_per_class.png")]
     where = f"{t.data.val_source} {args['split']} ({len(dataset)} images)"

@@ -22,6 +22,7 @@ def main(argv: list[str]) -> list[Path]:
     from PIL import Image
 
     from segsweep.infer import as_rgb, colorize, input_images, load_run, panel, parse_args, predict, read_rgb
+    from segsweep.io import atomic_path
 
     args, overrides = parse_args(argv, {"ckpt": None, "input": None, "output": None, "device": "cpu"})
     run = load_run(args["ckpt"], overrides)
@@ -32,9 +33,8 @@ def main(argv: list[str]) -> list[Path]:
     written = []
 
     def save(array: np.ndarray, name: str) -> None:
-        tmp = out / f".{name}.tmp.png"
-        Image.fromarray(array).save(tmp)
-        tmp.replace(out / name)
+        with atomic_path(out / name) as tmp:
+            Image.fromarray(array).save(tmp)
         written.append(out / name)
 
     if args["input"].startswith("split:"):

@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from segsweep.config import ConfigError, register_configs
+from segsweep.checks import ConfigError
+from segsweep.config import register_configs
 
 # The project root anchors the default MLflow store and data cache, wherever the command is run from.
 os.environ.setdefault("SEGSWEEP_ROOT", str(Path(__file__).resolve().parent))

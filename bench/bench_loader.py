@@ -290,7 +290,7 @@ def in_process(loader, n: int) -> tuple[float, float, float]:
 
 @contextlib.contextmanager
 def pillow_images():
-    """The loaders open their images with Pillow (``open_image`` + RGB), as before ``paired.open_rgb``."""
+    """The loaders with ``paired.open_rgb`` swapped for Pillow (``open_image`` + RGB): the decode to compare with."""
     from segsweep.data import paired
 
     saved = getattr(paired, "open_rgb", None)

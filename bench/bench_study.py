@@ -1,7 +1,7 @@
-"""Always-full runner vs the old lock-step loop: the same study (same sampler seed, same number of trials, tiny
-toycity trials of uneven length: the median pruner stops some at their first evaluations) run both ways, each
-in a directory of its own, and each one's slot utilisation and wall time, read from the trials' own start and
-end times in the Optuna storage:
+"""Always-full runner vs a lock-step loop (study.lockstep=true): the same study (same sampler seed, same number of
+trials, tiny toycity trials of uneven length: the median pruner stops some at their first evaluations) run both ways,
+each in a directory of its own, and each one's slot utilisation and wall time, read from the trials' own start and end
+times in the Optuna storage:
 
     utilisation = sum of trial durations / (n_jobs * (last trial end - first trial start))
 

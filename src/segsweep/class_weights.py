@@ -11,15 +11,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
-METHODS = ("none", "inverse_freq", "sqrt_inv_freq", "effective_num", "median_freq", "enet")
+from segsweep.config import WeightMethod
+from segsweep.io import atomic_write
+
+METHODS: tuple[str, ...] = get_args(WeightMethod)  # the schema's list: weighting.method
 
 
 @dataclass
@@ -135,18 +138,6 @@ def _cache_key(identity: dict, method: str, params: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """tmp file in the same directory, then os.replace: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(path: Path) -> tuple[torch.Tensor, LabelCounts] | None:
     """The cached (weights, counts), or None when the file is missing, corrupt or not the one its name says."""
     try:
@@ -173,7 +164,7 @@ def class_weights_cached(cache_dir: str | os.PathLike, identity: dict, method: s
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"identity": identity, "method": method, "params": params, "counts": counts.to_dict(),
               "weights": weights.tolist()}
-    _write_atomic(path, json.dumps(record, indent=1, sort_keys=True, default=str))
+    atomic_write(path, json.dumps(record, indent=1, sort_keys=True, default=str))
     return weights, counts
 
 

@@ -8,28 +8,18 @@ any data is touched. Modules below the training loop take these dataclasses (or 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from segsweep import metrics
+from segsweep.checks import check, finite
+from segsweep.data.plan import DOMAINS, Domain, batch_counts, counted_sources, plan_sources
+from segsweep.sweep.options import StudyConfig
+
 WeightMethod = Literal["none", "inverse_freq", "sqrt_inv_freq", "effective_num", "median_freq", "enet"]
-DOMAINS = ("real", "synthetic")  # every source is one or the other; the split monitors exist for both
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and what was expected."""
-
-
-def _check(ok: bool, key: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 @dataclass
@@ -44,19 +34,19 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.dice_weight is None:
-            _check(_finite(self.ce_weight) and 0 <= self.ce_weight <= 1, "loss.ce_weight",
-                   "a number in [0, 1] when loss.dice_weight is null (beta = 1 - alpha)", self.ce_weight)
+            check(finite(self.ce_weight) and 0 <= self.ce_weight <= 1, "loss.ce_weight",
+                  "a number in [0, 1] when loss.dice_weight is null (beta = 1 - alpha)", self.ce_weight)
             self.dice_weight = 1.0 - self.ce_weight
         for k in ("ce_weight", "dice_weight", "aux_weight"):
             v = getattr(self, k)
-            _check(_finite(v) and v >= 0, f"loss.{k}", "a finite number >= 0", v)
-        _check(_finite(self.smooth) and self.smooth >= 0, "loss.smooth", "a finite number >= 0", self.smooth)
-        _check(self.ce_weight + self.dice_weight > 0, "loss.ce_weight + loss.dice_weight", "> 0",
-               self.ce_weight + self.dice_weight)
+            check(finite(v) and v >= 0, f"loss.{k}", "a finite number >= 0", v)
+        check(finite(self.smooth) and self.smooth >= 0, "loss.smooth", "a finite number >= 0", self.smooth)
+        check(self.ce_weight + self.dice_weight > 0, "loss.ce_weight + loss.dice_weight", "> 0",
+              self.ce_weight + self.dice_weight)
         if self.name == "ce":
-            _check(self.dice_weight == 0, "loss.dice_weight", "0 with loss=ce (use loss=combined)", self.dice_weight)
+            check(self.dice_weight == 0, "loss.dice_weight", "0 with loss=ce (use loss=combined)", self.dice_weight)
         if self.name == "dice":
-            _check(self.ce_weight == 0, "loss.ce_weight", "0 with loss=dice (use loss=combined)", self.ce_weight)
+            check(self.ce_weight == 0, "loss.ce_weight", "0 with loss=dice (use loss=combined)", self.ce_weight)
 
 
 @dataclass
@@ -72,10 +62,10 @@ class WeightingConfig:
     seed: int = 0  # seed of that subset
 
     def __post_init__(self) -> None:
-        _check(_finite(self.beta) and 0 < self.beta < 1, "weighting.beta", "a number in (0, 1)", self.beta)
-        _check(_finite(self.enet_c) and self.enet_c > 1, "weighting.enet_c", "a number > 1", self.enet_c)
-        _check(_finite(self.fraction) and 0 < self.fraction <= 1, "weighting.fraction", "a number in (0, 1]",
-               self.fraction)
+        check(finite(self.beta) and 0 < self.beta < 1, "weighting.beta", "a number in (0, 1)", self.beta)
+        check(finite(self.enet_c) and self.enet_c > 1, "weighting.enet_c", "a number > 1", self.enet_c)
+        check(finite(self.fraction) and 0 < self.fraction <= 1, "weighting.fraction", "a number in (0, 1]",
+              self.fraction)
 
 
 @dataclass
@@ -103,24 +93,24 @@ class DatasetMixConfig:
                 typed[name] = src
                 continue
             bad = sorted(set(src or {}) - {"share", "loss_weight"})
-            _check(not bad, f"dataset_mix.sources.{name}", "keys share and loss_weight", bad)
+            check(not bad, f"dataset_mix.sources.{name}", "keys share and loss_weight", bad)
             typed[name] = SourceMixConfig(**(src or {}))
         self.sources = typed
         for name, src in self.sources.items():
             for k in ("share", "loss_weight"):
                 v = getattr(src, k)
-                _check(v is None or (_finite(v) and v >= 0), f"dataset_mix.sources.{name}.{k}",
-                       "null or a finite number >= 0", v)
-        _check(_finite(self.real_ratio) and 0 <= self.real_ratio <= 1, "dataset_mix.real_ratio",
-               "a number in [0, 1]", self.real_ratio)
+                check(v is None or (finite(v) and v >= 0), f"dataset_mix.sources.{name}.{k}",
+                      "null or a finite number >= 0", v)
+        check(finite(self.real_ratio) and 0 <= self.real_ratio <= 1, "dataset_mix.real_ratio",
+              "a number in [0, 1]", self.real_ratio)
         for k in ("real_loss_weight", "synthetic_loss_weight"):
             v = getattr(self, k)
-            _check(_finite(v) and v >= 0, f"dataset_mix.{k}", "a finite number >= 0", v)
+            check(finite(v) and v >= 0, f"dataset_mix.{k}", "a finite number >= 0", v)
         if self.name == "real_only":
-            _check(self.real_ratio == 1, "dataset_mix.real_ratio", "1.0 with dataset_mix=real_only", self.real_ratio)
+            check(self.real_ratio == 1, "dataset_mix.real_ratio", "1.0 with dataset_mix=real_only", self.real_ratio)
         if self.name == "synthetic_only":
-            _check(self.real_ratio == 0, "dataset_mix.real_ratio", "0.0 with dataset_mix=synthetic_only",
-                   self.real_ratio)
+            check(self.real_ratio == 0, "dataset_mix.real_ratio", "0.0 with dataset_mix=synthetic_only",
+                  self.real_ratio)
 
 
 @dataclass
@@ -137,10 +127,10 @@ class ToyCityConfig:
 
     def __post_init__(self) -> None:
         for k in ("height", "width"):
-            _check(getattr(self, k) >= 32, f"data.toycity.{k}", "an integer >= 32", getattr(self, k))
+            check(getattr(self, k) >= 32, f"data.toycity.{k}", "an integer >= 32", getattr(self, k))
         for k in ("n_real_train", "n_real_val", "n_synthetic"):
-            _check(getattr(self, k) >= 1, f"data.toycity.{k}", "an integer >= 1", getattr(self, k))
-        _check(self.n_synthia >= 0, "data.toycity.n_synthia", "an integer >= 0", self.n_synthia)
+            check(getattr(self, k) >= 1, f"data.toycity.{k}", "an integer >= 1", getattr(self, k))
+        check(self.n_synthia >= 0, "data.toycity.n_synthia", "an integer >= 0", self.n_synthia)
 
 
 @dataclass
@@ -158,7 +148,7 @@ class LabelSetConfig:
 class SourceConfig:
     """One dataset a run trains (or validates) on, in one of the layouts the loaders read."""
 
-    domain: Literal["real", "synthetic"] = "real"
+    domain: Domain = "real"
     # cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png + gtFine/... (labelTrainIds, else labelIds);
     # gta5: images/*.png + labels/*.png (palette indices = Cityscapes ids); synthia: RGB/*.png + GT/LABELS/*.png
     # (16-bit, id in R); folders: the images/labels patterns (or list_file) below
@@ -198,48 +188,48 @@ class DataConfig:
     val_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        _check(len(self.sources) >= 1, "data.sources", "at least one source", dict(self.sources))
+        check(len(self.sources) >= 1, "data.sources", "at least one source", dict(self.sources))
         for name, src in self.sources.items():
             key = f"data.sources.{name}"
-            _check(name.isidentifier(), key, "a source name made of letters, digits and _", name)
-            _check(name not in DOMAINS or name == src.domain, f"{key}.domain",
-                   f"{name!r} (a source may be named after a domain only when it belongs to it)", src.domain)
-            _check(src.label_channel >= 0, f"{key}.label_channel", "an integer >= 0", src.label_channel)
+            check(name.isidentifier(), key, "a source name made of letters, digits and _", name)
+            check(name not in DOMAINS or name == src.domain, f"{key}.domain",
+                  f"{name!r} (a source may be named after a domain only when it belongs to it)", src.domain)
+            check(src.label_channel >= 0, f"{key}.label_channel", "an integer >= 0", src.label_channel)
             if self.toycity is None:
-                _check(bool(src.root), f"{key}.root", "a dataset directory (or data=toycity)", src.root)
+                check(bool(src.root), f"{key}.root", "a dataset directory (or data=toycity)", src.root)
             if src.layout == "folders":
-                _check(bool(src.images and src.labels) != bool(src.list_file), f"{key}.images",
-                       "images and labels patterns, or a list_file (not both)", src.images)
+                check(bool(src.images and src.labels) != bool(src.list_file), f"{key}.images",
+                      "images and labels patterns, or a list_file (not both)", src.images)
             else:
-                _check(src.label_format is None, f"{key}.label_format", f"null with layout {src.layout} (it has "
-                       "its own)", src.label_format)
+                check(src.label_format is None, f"{key}.label_format", f"null with layout {src.layout} (it has "
+                      "its own)", src.label_format)
         val = self.val_source or next((n for n, s in self.sources.items() if s.domain == "real"), None)
-        _check(val in self.sources, "data.val_source", f"one of {list(self.sources)} (null: the first real source)",
-               self.val_source)
+        check(val in self.sources, "data.val_source", f"one of {list(self.sources)} (null: the first real source)",
+              self.val_source)
         self.val_source = val
         lab = self.labels
-        _check(1 <= len(lab.classes) <= 254 and len(set(lab.classes)) == len(lab.classes), "data.labels.classes",
-               "1 to 254 distinct class names", list(lab.classes))
-        _check(lab.colors is None or (len(lab.colors) == len(lab.classes) and all(
+        check(1 <= len(lab.classes) <= 254 and len(set(lab.classes)) == len(lab.classes), "data.labels.classes",
+              "1 to 254 distinct class names", list(lab.classes))
+        check(lab.colors is None or (len(lab.colors) == len(lab.classes) and all(
             len(c) == 3 and all(0 <= v <= 255 for v in c) for c in lab.colors)), "data.labels.colors",
             f"null or one [r, g, b] per class ({len(lab.classes)})", lab.colors)
         for k, names in (("rare", lab.rare), *((f"subsets.{n}", v) for n, v in lab.subsets.items())):
             bad = [n for n in names if n not in lab.classes]
-            _check(not bad, f"data.labels.{k}", "names from data.labels.classes", bad)
+            check(not bad, f"data.labels.{k}", "names from data.labels.classes", bad)
         ev = self.eval_classes
-        _check(ev is None or (isinstance(ev, str) and ev in lab.subsets)
-               or (not isinstance(ev, str) and len(ev) > 0 and all(n in lab.classes for n in ev)),
-               "data.eval_classes", f"null, a subset of data.labels.subsets {list(lab.subsets)} or class names", ev)
+        check(ev is None or (isinstance(ev, str) and ev in lab.subsets)
+              or (not isinstance(ev, str) and len(ev) > 0 and all(n in lab.classes for n in ev)),
+              "data.eval_classes", f"null, a subset of data.labels.subsets {list(lab.subsets)} or class names", ev)
         if self.resize is not None:
-            _check(len(self.resize) == 2 and min(self.resize) >= 8, "data.resize", "[H, W] with H, W >= 8",
-                   list(self.resize))
-        _check(len(self.crop_size) == 2 and min(self.crop_size) >= 8, "data.crop_size", "[H, W] with H, W >= 8",
-               list(self.crop_size))
+            check(len(self.resize) == 2 and min(self.resize) >= 8, "data.resize", "[H, W] with H, W >= 8",
+                  list(self.resize))
+        check(len(self.crop_size) == 2 and min(self.crop_size) >= 8, "data.crop_size", "[H, W] with H, W >= 8",
+              list(self.crop_size))
         lo_hi = list(self.scale_range)
-        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "data.scale_range", "[min, max] with 0 < min <= max",
-               lo_hi)
-        _check(self.num_workers >= 0, "data.num_workers", "an integer >= 0", self.num_workers)
-        _check(self.val_batch_size >= 1, "data.val_batch_size", "an integer >= 1", self.val_batch_size)
+        check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "data.scale_range", "[min, max] with 0 < min <= max",
+              lo_hi)
+        check(self.num_workers >= 0, "data.num_workers", "an integer >= 0", self.num_workers)
+        check(self.val_batch_size >= 1, "data.val_batch_size", "an integer >= 1", self.val_batch_size)
 
 
 @dataclass
@@ -254,11 +244,11 @@ class OptimConfig:
     warmup_factor: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(_finite(self.lr) and self.lr > 0, "optim.lr", "a number > 0", self.lr)
-        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", "a number >= 0",
-               self.weight_decay)
-        _check(self.warmup_iters >= 0, "optim.warmup_iters", "an integer >= 0", self.warmup_iters)
-        _check(0 < self.warmup_factor <= 1, "optim.warmup_factor", "a number in (0, 1]", self.warmup_factor)
+        check(finite(self.lr) and self.lr > 0, "optim.lr", "a number > 0", self.lr)
+        check(finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", "a number >= 0",
+              self.weight_decay)
+        check(self.warmup_iters >= 0, "optim.warmup_iters", "an integer >= 0", self.warmup_iters)
+        check(0 < self.warmup_factor <= 1, "optim.warmup_factor", "a number in (0, 1]", self.warmup_factor)
 
 
 @dataclass
@@ -271,7 +261,7 @@ class TrainerConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     amp: bool = False  # bf16 autocast, on any device (CPU too); trainer=gpu turns it on
     channels_last: bool = False  # NHWC images and weights, on any device; trainer=gpu turns it on
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model and the loss
     progress_bar: str = "auto"  # auto: only when stderr is a terminal
     num_threads: int | None = None  # torch CPU threads (None: torch's default); 1 when trials run side by side
     checkpoint_every: int = 0  # save <output_dir>/checkpoint.pt atomically every N iterations (0: never)
@@ -279,17 +269,17 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         for k in ("max_iters", "batch_size", "eval_every", "log_every"):
-            _check(getattr(self, k) >= 1, f"trainer.{k}", "an integer >= 1", getattr(self, k))
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
-               "auto, cpu, cuda or cuda:N", self.device)
-        _check(self.progress_bar in ("auto", "on", "off"), "trainer.progress_bar", "auto, on or off",
-               self.progress_bar)
-        _check(self.num_threads is None or self.num_threads >= 1, "trainer.num_threads", "null or an integer >= 1",
-               self.num_threads)
+            check(getattr(self, k) >= 1, f"trainer.{k}", "an integer >= 1", getattr(self, k))
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
+              "auto, cpu, cuda or cuda:N", self.device)
+        check(self.progress_bar in ("auto", "on", "off"), "trainer.progress_bar", "auto, on or off",
+              self.progress_bar)
+        check(self.num_threads is None or self.num_threads >= 1, "trainer.num_threads", "null or an integer >= 1",
+              self.num_threads)
         # at a logging step the running sums are empty, so a checkpoint needs no metric state
-        _check(self.checkpoint_every >= 0 and self.checkpoint_every % self.log_every == 0,
-               "trainer.checkpoint_every", f"0 or a multiple of trainer.log_every ({self.log_every})",
-               self.checkpoint_every)
+        check(self.checkpoint_every >= 0 and self.checkpoint_every % self.log_every == 0,
+              "trainer.checkpoint_every", f"0 or a multiple of trainer.log_every ({self.log_every})",
+              self.checkpoint_every)
 
 
 @dataclass
@@ -299,62 +289,6 @@ class MlflowConfig:
     experiment_name: str = "segsweep"
     run_name: str | None = None
     plots: bool = True  # the run's figures and the study summary's plots (matplotlib: ~2 s a run, ~10 s a study)
-
-
-@dataclass
-class ConfirmConfig:
-    """The confirmation stage after a study's search (segsweep.sweep.confirm): the ``top_k`` configurations with
-    the best mean and every ``study.baselines`` entry, each trained again with ``seeds`` fresh seeds."""
-
-    top_k: int = 0  # configurations re-trained after the search (0: no confirmation stage)
-    seeds: int = 3  # fresh seeds per configuration: seed_base, seed_base + 1, ... (never the search's seeds)
-    seed_base: int = 1000
-
-    def __post_init__(self) -> None:
-        _check(self.top_k >= 0, "study.confirm.top_k", "an integer >= 0", self.top_k)
-        _check(self.seeds >= 1, "study.confirm.seeds", "an integer >= 1", self.seeds)
-
-
-@dataclass
-class StudyConfig:
-    """How a trial's job reaches its Optuna trial and its study's MLflow parent run. The sweeper sets every key
-    but ``pruner`` on each job's command line; in a single run they stay null and nothing is reported."""
-
-    # Repeats with common random numbers (segsweep.seeds): every configuration is trained with the same seeds
-    # (seed s: same initial weights, batches and augmentations whatever the loss, weighting or synthetic weight).
-    repeats: int = 1  # seeds per trial, trained one after another; the trial's value is their mean
-    seeds: list[int] | None = None  # the search's seeds (the first `repeats` are used); null: trainer.seed + 0, 1, ...
-    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
-    baselines: Any = None  # {name: [Hydra overrides]}, e.g. {plain_ce: [loss=ce, weighting=none]} (confirmed too)
-    # the smallest difference in the objective worth having: the report calls a gain better, equivalent or
-    # undecided against it (0.01 mIoU = one point; segsweep.stats.DEFAULT_MIN_EFFECT says why)
-    min_effect: float = 0.01
-    name: str | None = None  # the Optuna study (also the MLflow parent run's name)
-    storage: str | None = None  # its storage URL
-    trial_id: int | None = None  # the trial this job evaluates
-    trial_number: int | None = None  # its number in the study (names the job directory and the MLflow run)
-    parent_run_id: str | None = None  # the study's MLflow run; this job's run is its child
-    pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 1}; null: no pruning
-    # Self-healing studies (segsweep.sweep): the job beats its trial in the study's storage every
-    # heartbeat_interval s; a RUNNING trial silent for grace_period s is failed ("stale heartbeat") and run again
-    # (at most max_retries times), from its last checkpoint when it left one (resume_from, set by the sweeper).
-    heartbeat_interval: int | None = 10  # null: no heartbeats (a dead job is then noticed by its launcher only)
-    grace_period: int = 60
-    max_retries: int = 1
-    resume_from: str | None = None  # a dead trial's checkpoint.pt: weights and iteration, not its MLflow run
-    enqueue: Any = None  # hand-picked points run first, e.g. [{loss.ce_weight: 0.6, weighting: sqrt_inv_freq}]
-    budget_wall_min: float | None = None  # ask no new trial once the study has run this long (minutes)
-    budget_slot_hours: float | None = None  # ... or once its trials have used this many slot-hours
-    lockstep: bool = False  # true: the old loop (a batch of n_jobs, the next when all ended), for comparison
-
-    def __post_init__(self) -> None:
-        _check(self.heartbeat_interval is None or self.heartbeat_interval > 0, "study.heartbeat_interval",
-               "a positive number of seconds or null", self.heartbeat_interval)
-        _check(self.heartbeat_interval is None or self.grace_period > self.heartbeat_interval,
-               "study.grace_period", "more seconds than study.heartbeat_interval", self.grace_period)
-        _check(self.max_retries >= 0, "study.max_retries", "an integer >= 0", self.max_retries)
-        _check(_finite(self.min_effect) and self.min_effect >= 0, "study.min_effect", "a number >= 0",
-               self.min_effect)
 
 
 @dataclass
@@ -368,97 +302,26 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
-    objective: Any = "val/mIoU"  # the metric train.py returns (last evaluation); a list for multi-objective studies
+    objective: Any = metrics.MIOU  # the metric train.py returns (last evaluation); a list for multi-objective studies
     output_dir: str = "."  # the run directory (Hydra's runtime.output_dir)
 
     def __post_init__(self) -> None:
-        _check(self.study.repeats >= 1, "study.repeats", "an integer >= 1", self.study.repeats)
-        _check(self.study.seeds is None or len(self.study.seeds) >= self.study.repeats, "study.seeds",
-               f"null or a list of at least study.repeats ({self.study.repeats}) seeds", self.study.seeds)
-        allowed = ("val/mIoU", "val/pixel_acc", "val/mIoU_rare")
+        check(self.study.repeats >= 1, "study.repeats", "an integer >= 1", self.study.repeats)
+        check(self.study.seeds is None or len(self.study.seeds) >= self.study.repeats, "study.seeds",
+              f"null or a list of at least study.repeats ({self.study.repeats}) seeds", self.study.seeds)
+        allowed = metrics.OBJECTIVES
         names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
-        _check(len(names) >= 1 and all(n in allowed for n in names), "objective",
-               f"one of {list(allowed)} or a list of them", self.objective)
+        check(len(names) >= 1 and all(n in allowed for n in names), "objective",
+              f"one of {list(allowed)} or a list of them", self.objective)
         plan = plan_sources(self.data, self.dataset_mix)
         counts = batch_counts([p.share for p in plan], self.trainer.batch_size)
         for p, k in zip(plan, counts):
-            _check(p.share == 0 or k > 0, f"dataset_mix.sources.{p.name}.share", "a share that gives the source at "
-                   f"least one sample in a batch of trainer.batch_size={self.trainer.batch_size}", round(p.share, 6))
+            check(p.share == 0 or k > 0, f"dataset_mix.sources.{p.name}.share", "a share that gives the source at "
+                  f"least one sample in a batch of trainer.batch_size={self.trainer.batch_size}", round(p.share, 6))
         counted = counted_sources(self.weighting.source, plan)
-        _check(bool(counted) or self.weighting.method == "none", "weighting.source",
-               f"sources that are trained on ({[p.name for p in plan if p.share > 0]}) or a domain that has one",
-               self.weighting.source)
-
-
-@dataclass(frozen=True)
-class PlannedSource:
-    """A data source with its resolved place in the batches."""
-
-    name: str
-    position: int  # in data.sources: its sample stream's seed, whatever else is trained
-    domain: str
-    share: float  # fraction of every training batch (0: not trained on)
-    loss_weight: float
-    config: SourceConfig
-
-
-def plan_sources(data: DataConfig, mix: DatasetMixConfig) -> list[PlannedSource]:
-    """Every data source's share of the batches and loss weight. Explicit ``dataset_mix.sources.<name>.share``
-    values must be given for every source and sum to 1; otherwise each domain's share (real_ratio, 1 - real_ratio)
-    is split equally among its sources. A null loss weight is its domain's (real/synthetic_loss_weight)."""
-    unknown = [n for n in mix.sources if n not in data.sources]
-    _check(not unknown, "dataset_mix.sources", f"names from data.sources {list(data.sources)}", unknown)
-    explicit = {n: m.share for n, m in mix.sources.items() if m.share is not None}
-    if explicit:
-        missing = [n for n in data.sources if n not in explicit]
-        _check(not missing, "dataset_mix.sources", "a share for every source once one has a share; missing "
-               f"{missing}", explicit)
-        total = sum(explicit.values())
-        _check(abs(total - 1) < 1e-6, "dataset_mix.sources.*.share", f"shares of {list(data.sources)} that sum "
-               "to 1", total)
-        shares = dict(explicit)
-    else:
-        domain_share = {"real": mix.real_ratio, "synthetic": 1 - mix.real_ratio}
-        members = {d: [n for n, s in data.sources.items() if s.domain == d] for d in DOMAINS}
-        for d in DOMAINS:
-            other = "synthetic_only" if d == "real" else "real_only"
-            _check(domain_share[d] == 0 or members[d], "dataset_mix.real_ratio",
-                   f"{1.0 if d == 'synthetic' else 0.0} (e.g. dataset_mix={other}): data.sources has no {d} "
-                   "source", mix.real_ratio)
-        shares = {n: domain_share[s.domain] / len(members[s.domain]) for n, s in data.sources.items()}
-    default_weight = {"real": mix.real_loss_weight, "synthetic": mix.synthetic_loss_weight}
-    out = []
-    for k, (n, s) in enumerate(data.sources.items()):
-        m = mix.sources.get(n)
-        w = m.loss_weight if m is not None and m.loss_weight is not None else default_weight[s.domain]
-        out.append(PlannedSource(n, k, s.domain, float(shares[n]), float(w), s))
-    return out
-
-
-def batch_counts(shares: list[float], batch_size: int) -> list[int]:
-    """Samples of each source in every batch: the cumulative shares times the batch size, each rounded half *up*,
-    then differenced, so the counts always sum to the batch. With two sources the first gets ``share * B``
-    rounded half up (2.5 -> 3, 3.5 -> 4; not Python's banker's ``round``); a tiny tolerance absorbs float error
-    (0.35 * 10 = 3.4999999999999996 counts as 3.5)."""
-    edges, acc = [0], 0.0
-    for s in shares:
-        acc += s
-        edges.append(min(batch_size, math.floor(acc * batch_size + 0.5 + 1e-9)))
-    return [b - a for a, b in zip(edges, edges[1:])]
-
-
-def counted_sources(selection: Any, plan: list[PlannedSource]) -> list[PlannedSource]:
-    """The trained sources whose labels the class weights count: ``all``/``both``, a domain, or source names."""
-    trained = [p for p in plan if p.share > 0]
-    if isinstance(selection, str) and selection in ("all", "both"):
-        return trained
-    if isinstance(selection, str) and selection in DOMAINS and selection not in {p.name for p in plan}:
-        return [p for p in trained if p.domain == selection]
-    names = [selection] if isinstance(selection, str) else list(selection or [])
-    bad = [n for n in names if n not in {p.name for p in plan}]
-    _check(bool(names) and not bad, "weighting.source", "all, a domain (real, synthetic) or names from "
-           f"data.sources {[p.name for p in plan]}", selection if not bad else bad)
-    return [p for p in trained if p.name in names]
+        check(bool(counted) or self.weighting.method == "none", "weighting.source",
+              f"sources that are trained on ({[p.name for p in plan if p.share > 0]}) or a domain that has one",
+              self.weighting.source)
 
 
 def project_root() -> str:

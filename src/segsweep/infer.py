@@ -19,7 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from segsweep.config import Config, ConfigError, validate
+from segsweep.checks import ConfigError
+from segsweep.config import Config, validate
 from segsweep.data.labels import IGNORE, LabelSet, label_set
 from segsweep.data.paired import DatasetError, open_image
 from segsweep.data.transforms import normalize, to_tensor

@@ -20,9 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.class_weights import LabelCounts, class_weights_cached, count_labels, format_table, label_iter
-from segsweep.config import DOMAINS, Config, PlannedSource, counted_sources, validate
+from segsweep.config import Config, validate
 from segsweep.data.build import TrainVal, build_train_val, stop_workers
 from segsweep.data.labels import IGNORE, LabelSet, UnknownAudit, label_set
+from segsweep.data.plan import DOMAINS, PlannedSource, counted_sources
 from segsweep.engine.checkpoint import load, restore, save_atomic, training_state
 from segsweep.engine.distributed import World, close_world, from_rank0, init_world
 from segsweep.engine.optim import build_optimizer, build_scheduler
@@ -92,15 +93,17 @@ def monitor_groups(plan: list[PlannedSource]) -> tuple[tuple[str, ...], torch.Te
     return groups, member
 
 
-def slurm_tags() -> dict[str, str]:
-    """The SLURM job (array job_task when in an array) running this process, to find its logs from MLflow."""
+def job_tags() -> dict[str, str]:
+    """Where this process runs, to find its logs and its GPUs from MLflow: the SLURM job (array job_task when in
+    an array) and node, and the GPUs it was shown (CUDA_VISIBLE_DEVICES)."""
     env = os.environ
+    tags = {"segsweep.cuda_visible_devices": env["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in env else {}
     if "SLURM_JOB_ID" not in env:
-        return {}
+        return tags
     job = env["SLURM_JOB_ID"]
     if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
         job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return {"segsweep.slurm_job_id": job, "segsweep.slurm_node": env.get("SLURMD_NODENAME", "")}
+    return {**tags, "segsweep.slurm_job_id": job, "segsweep.slurm_node": env.get("SLURMD_NODENAME", "")}
 
 
 def objective_names(cfg: Config) -> list[str]:
@@ -256,14 +259,14 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
 
 def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | None, world: World) -> MlflowWriter:
     """The run's MLflow run: a new one, a sweep trial's child of the study run, or the resumed ``run_id``."""
-    tags = {"segsweep.output_dir": str(out_dir.resolve()), "segsweep.world_size": str(world.size), **slurm_tags()}
+    tags = {"segsweep.output_dir": str(out_dir.resolve()), "segsweep.world_size": str(world.size), **job_tags()}
     run_name = typed.mlflow.run_name
     if typed.study.parent_run_id:
         tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
                      "segsweep.trial": str(typed.study.trial_number)})
         run_name = run_name or f"trial-{typed.study.trial_number}"
-    # Not MLflow's own pick: it draws from Python's `random`, which seed_everything seeded with trainer.seed, so
-    # every run of one seed got the same name. The recipe, and a suffix from the OS's randomness.
+    # Not MLflow's own pick: it draws names from Python's `random`, which seed_everything seeds with trainer.seed,
+    # so every run of one seed would get the same name. Hence the recipe, with a suffix from the OS's randomness.
     run_name = run_name or (f"{typed.loss.name}-{typed.weighting.method}-{typed.dataset_mix.name}-"
                             f"{secrets.token_hex(3)}")
     mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)

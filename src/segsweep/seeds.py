@@ -18,12 +18,12 @@ Pruning: seed j (0-based) reports its intermediate values at step ``j * trainer.
 median pruner compares the same seed index (the same seed) across trials; seed 0 is judged against seed 0 of the
 other trials, and so on. Confirmation trials never report intermediate values and are never pruned.
 
-MLflow: with one seed, the trial's run is the seed's run, as before (tag ``segsweep.seed``). With several, the
-trial's run (``trial-<n>``, child of the study's run) holds the mean ``val/mIoU`` (and its std and 95 % interval),
-the mean per-class IoU, each seed's value as ``val/mIoU_by_seed`` at step = seed, and one child run per seed
-(``trial-<n>-seed-<s>``) with its full curves and artifacts. Each seed trains in ``<run dir>/seed_<s>/``; a seed that
-finished leaves ``seed_result.json`` there, so a requeued job does not train it again (an interrupted seed resumes
-from its own checkpoint).
+MLflow: with one seed, the trial's run is the seed's run (tag ``segsweep.seed``): no extra level of runs. With
+several, the trial's run (``trial-<n>``, child of the study's run) holds the mean ``val/mIoU`` (and its std and
+95 % interval), the mean per-class IoU, each seed's value as ``val/mIoU_by_seed`` at step = seed, and one child run
+per seed (``trial-<n>-seed-<s>``) with its full curves and artifacts. Each seed trains in ``<run dir>/seed_<s>/``;
+a seed that finished leaves ``seed_result.json`` there, so a requeued job does not train it again (an interrupted
+seed resumes from its own checkpoint).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import copy
 import json
 import logging
 import math
-import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +39,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segsweep.config import Config, StudyConfig, validate
+from segsweep import metrics
+from segsweep.config import Config, validate
 from segsweep.data.labels import label_set
 from segsweep.engine.distributed import World, from_rank0
+from segsweep.io import atomic_write
+from segsweep.sweep.options import StudyConfig
 from segsweep.sweep.trial import TrialLink
 
 log = logging.getLogger("segsweep")
@@ -62,7 +64,7 @@ def last_evaluation(path: Path) -> dict[str, float]:
     if path.exists():
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if "val/mIoU" in r:
+            if metrics.MIOU in r:
                 last = r
     return {k: v for k, v in last.items() if v is not None}
 
@@ -209,9 +211,7 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
             if world.is_main:
                 values = sl.values if sl is not None else ([out] if isinstance(out, float) else list(out))
                 result = _seed_result(seed_dir, values, sl.attrs.get("mlflow_run_id") if sl else None)
-                tmp = seed_dir / (RESULT + ".tmp")
-                tmp.write_text(json.dumps(result))
-                os.replace(tmp, seed_dir / RESULT)
+                atomic_write(seed_dir / RESULT, json.dumps(result))
                 record.add(seed, result)
             if parent is not None:
                 parent.seed_done(seed, record)
@@ -238,7 +238,7 @@ class _JobRun:
     """The MLflow run of a job with several seeds: the seeds' runs are its children (reopened on a requeue)."""
 
     def __init__(self, typed: Config, base: Path, seeds: list[int], stage: str) -> None:
-        from segsweep.run import effective_params, slurm_tags
+        from segsweep.run import effective_params, job_tags
         from segsweep.tracking.mlflow_writer import MlflowWriter
 
         base.mkdir(parents=True, exist_ok=True)
@@ -250,7 +250,7 @@ class _JobRun:
                                          f"{secrets.token_hex(3)}")
         self.name = name
         tags = {"segsweep.output_dir": str(base.resolve()), "segsweep.seeds": ",".join(map(str, seeds)),
-                "segsweep.stage": stage, **slurm_tags()}
+                "segsweep.stage": stage, **job_tags()}
         if study.parent_run_id:
             tags.update({"mlflow.parentRunId": study.parent_run_id, "segsweep.study": str(study.name),
                          "segsweep.trial": str(study.trial_number)})
@@ -260,24 +260,22 @@ class _JobRun:
             params = effective_params(typed)
             params["trainer.seed"] = ",".join(map(str, seeds))
             self.writer.log_params(params)
-            tmp = id_file.with_name(id_file.name + ".tmp")
-            tmp.write_text(self.run_id)
-            os.replace(tmp, id_file)
+            atomic_write(id_file, self.run_id)
 
     def seed_done(self, seed: int, record: _Record) -> None:
         from segsweep import stats
 
-        self.writer.write(seed, {"val/mIoU_by_seed": record.values[str(seed)]})
+        self.writer.write(seed, {f"{metrics.MIOU}_by_seed": record.values[str(seed)]})
         done = [record.values[k] for k in record.values]
         s = stats.summarize(done)
-        metrics = {"val/mIoU": s.mean, "n_seeds": float(s.n)}
+        values = {metrics.MIOU: s.mean, "n_seeds": float(s.n)}
         if s.n >= 2:
-            metrics.update({"val/mIoU_std": s.std, "val/mIoU_ci95": s.half_width})
+            values.update({f"{metrics.MIOU}_std": s.std, f"{metrics.MIOU}_ci95": s.half_width})
         classes = {c for iou in record.iou.values() for c in iou}
         for c in sorted(classes):
             v = [iou[c] for iou in record.iou.values() if c in iou]
-            metrics[f"val/IoU/{c}"] = sum(v) / len(v)
-        self.writer.write(len(done), {k: v for k, v in metrics.items() if math.isfinite(v)})
+            values[f"val/IoU/{c}"] = sum(v) / len(v)
+        self.writer.write(len(done), {k: v for k, v in values.items() if math.isfinite(v)})
 
     def close(self, status: str) -> None:
         self.writer.close(status)

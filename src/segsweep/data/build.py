@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, default_collate
 
-from segsweep.config import DataConfig, DatasetMixConfig, PlannedSource, batch_counts, plan_sources
+from segsweep import compat
+from segsweep.config import DataConfig, DatasetMixConfig
 from segsweep.data.labels import LabelSet
 from segsweep.data.mixing import SeededBatches, SeededConcat, SourceBatchSampler, SourceDataset
 from segsweep.data.paired import DatasetError, PairedSegmentation
+from segsweep.data.plan import PlannedSource, batch_counts, plan_sources
 from segsweep.data.sources import open_source
 from segsweep.data.toycity import ensure_toycity
 from segsweep.data.transforms import EvalTransform, TrainTransform
@@ -41,19 +42,10 @@ def _kill_workers_at_exit() -> None:
 
 
 def stop_workers(*loaders: DataLoader) -> None:
-    """End the loaders' worker processes now, whatever raised (a data error, pruning, a stop signal): torch would
-    only end them when the iterator is garbage-collected, which a traceback can postpone past interpreter exit.
-    Workers that do not leave within torch's join timeout (they ignore SIGTERM) are killed."""
+    """End the loaders' worker processes now, whatever raised (a data error, pruning, a stop signal), so that no
+    job is left waiting for them."""
     for loader in loaders:
-        it = getattr(loader, "_iterator", None)  # the persistent workers' iterator (torch keeps it there)
-        loader._iterator = None
-        if it is None or not hasattr(it, "_workers"):
-            continue
-        it._shutdown_workers()
-        for w in it._workers:
-            if w.is_alive():
-                w.kill()
-                w.join(timeout=5)
+        compat.stop_loader_workers(loader)
 
 
 def source_root(p: PlannedSource, data: DataConfig) -> Path:

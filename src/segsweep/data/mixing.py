@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segsweep.config import batch_counts
+from segsweep.data.plan import batch_counts
 
 
 def real_per_batch(real_ratio: float, batch_size: int) -> int:

@@ -7,7 +7,7 @@ built, before training; corrupt files and label values outside the source's tabl
 Training images that are 8-bit RGB PNGs (Cityscapes, GTA5, SYNTHIA) are decoded by OpenCV straight into R, G, B
 order, the same bytes as Pillow's (PNG is lossless): the decode 1.10-1.19x faster than Pillow's on 2048x1024 and
 1280x760 images, a loader's image 1.06-1.12x (bench/bench_loader.py, 2 CPU cores). Every other image, and any file
-OpenCV cannot decode, goes through Pillow as before.
+OpenCV cannot decode, goes through Pillow.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from segsweep.data.labels import LabelSet
 from segsweep.engine.distributed import all_reduce_
+from segsweep.metrics import MIOU, MIOU_RARE, PIXEL_ACC
 from segsweep.models.outputs import main_logits
 
 
@@ -46,9 +47,9 @@ class EvalResult:
     def metrics(self, labels: LabelSet) -> dict[str, float]:
         """val/mIoU over the evaluated classes (data.eval_classes; all by default) present in the ground truth,
         val/mIoU_rare over the rare ones among them, pixel accuracy, and every class's IoU."""
-        out = {"val/mIoU": self.miou_over(labels.evaluated), "val/pixel_acc": self.pixel_acc}
+        out = {MIOU: self.miou_over(labels.evaluated), PIXEL_ACC: self.pixel_acc}
         if rare := tuple(c for c in labels.rare if c in labels.evaluated):
-            out["val/mIoU_rare"] = self.miou_over(rare)
+            out[MIOU_RARE] = self.miou_over(rare)
         for name, v in zip(labels.classes, self.iou):
             if not np.isnan(v):
                 out[f"val/IoU/{name}"] = float(v)

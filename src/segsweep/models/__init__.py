@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segsweep.config import ConfigError
+from segsweep.checks import ConfigError
 from segsweep.models.deeplab import DeepLabV3
 from segsweep.models.outputs import ModelOutputError, main_logits, standardize
 from segsweep.models.unet import UNet

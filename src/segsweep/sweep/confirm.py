@@ -37,6 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from segsweep.sweep.options import StudyConfig, study_options
+
 log = logging.getLogger(__name__)
 CONFIRM = "confirm"
 CARRIED_ATTRS = ("stage", "seeds", "confirm_config", "confirm_kind", "confirm_id", "confirm_key", "overrides",
@@ -168,10 +170,10 @@ def _parse(value: str, dist: BaseDistribution) -> Any:
 
 def search_space(cfg: DictConfig) -> dict[str, BaseDistribution]:
     """The search space of ``hydra.sweeper.params`` (the sweeper passes its own, command-line choices included)."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from segsweep import compat
 
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    space, _, _ = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+    space, _, _ = compat.search_space([f"{k}={v}" for k, v in params.items()])
     return space
 
 
@@ -187,17 +189,11 @@ def _default(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def _seeds_of(cfg: DictConfig) -> tuple[list[int], list[int]]:
+def _seeds_of(opts: StudyConfig, trainer_seed: int) -> tuple[list[int], list[int]]:
     """(the search's seeds, the confirmation's fresh seeds)."""
-    study = cfg.study
-    repeats = int(OmegaConf.select(study, "repeats", default=1) or 1)
-    given = OmegaConf.select(study, "seeds")
-    trainer_seed = int(OmegaConf.select(cfg, "trainer.seed", default=0))
-    search = [int(s) for s in list(given)[:repeats]] if given is not None else \
-        [trainer_seed + i for i in range(repeats)]
-    base = int(OmegaConf.select(study, "confirm.seed_base", default=1000))
-    n = int(OmegaConf.select(study, "confirm.seeds", default=3))
-    fresh = [base + i for i in range(n)]
+    search = [int(s) for s in opts.seeds[: opts.repeats]] if opts.seeds is not None else \
+        [trainer_seed + i for i in range(opts.repeats)]
+    fresh = [opts.confirm.seed_base + i for i in range(opts.confirm.seeds)]
     clash = sorted(set(fresh) & set(search))
     if clash:
         raise ValueError(f"config key 'study.confirm.seed_base': the confirmation's seeds {fresh} must be fresh, but "
@@ -205,14 +201,14 @@ def _seeds_of(cfg: DictConfig) -> tuple[list[int], list[int]]:
     return search, fresh
 
 
-def plan_confirmation(study: optuna.Study, cfg: DictConfig,
-                      space: Mapping[str, BaseDistribution] | None = None) -> list[Planned]:
+def plan_confirmation(study: optuna.Study, cfg: DictConfig, space: Mapping[str, BaseDistribution] | None = None,
+                      opts: StudyConfig | None = None) -> list[Planned]:
     """The configurations to confirm: the ``top_k`` best search means (a trial's mean over its seeds; trials of
     one configuration pooled) and the baselines, each with the fresh seeds. Empty when ``top_k`` is 0 and no
-    baseline is set. Single-objective studies only (a Pareto study has no "best mean")."""
-    top_k = int(OmegaConf.select(cfg, "study.confirm.top_k", default=0) or 0)
-    baselines = OmegaConf.select(cfg, "study.baselines")
-    baselines = OmegaConf.to_container(baselines) if isinstance(baselines, DictConfig) else (baselines or {})
+    baseline is set. Single-objective studies only (a Pareto study has no "best mean"). ``opts``: ``study.*``
+    already typed (``segsweep.config.study_options``), else read from ``cfg``."""
+    opts = opts if opts is not None else study_options(cfg)
+    top_k, baselines = opts.confirm.top_k, opts.baselines or {}
     if not top_k and not baselines:
         return []
     if len(study.directions) != 1:
@@ -220,7 +216,7 @@ def plan_confirmation(study: optuna.Study, cfg: DictConfig,
                     len(study.directions))
         return []
     space = dict(space) if space is not None else search_space(cfg)
-    _, fresh = _seeds_of(cfg)
+    _, fresh = _seeds_of(opts, int(cfg.trainer.seed))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted((c for c in group(search_trials(study)) if c.values),
                     key=lambda c: (-c.mean if maximize else c.mean, c.trials[0].number))
@@ -252,8 +248,8 @@ def plan_confirmation(study: optuna.Study, cfg: DictConfig,
     return list(plans.values())
 
 
-def enqueue_confirmation(study: optuna.Study, cfg: DictConfig,
-                         space: Mapping[str, BaseDistribution] | None = None) -> int:
+def enqueue_confirmation(study: optuna.Study, cfg: DictConfig, space: Mapping[str, BaseDistribution] | None = None,
+                         opts: StudyConfig | None = None) -> int:
     """Enqueue the planned confirmation trials that the study does not hold yet; returns how many were enqueued.
 
     Safe to call again (a resumed sweep): a (configuration, seed) already in the study, waiting, running or
@@ -264,7 +260,7 @@ def enqueue_confirmation(study: optuna.Study, cfg: DictConfig,
         if "confirm_key" in t.user_attrs:
             have.setdefault(t.user_attrs["confirm_key"], []).append(t)
     n, labels = 0, set()
-    for p in plan_confirmation(study, cfg, space):
+    for p in plan_confirmation(study, cfg, space, opts):
         for seed in p.seeds:
             key = f"{p.id}@{seed}"
             earlier = have.get(key, [])

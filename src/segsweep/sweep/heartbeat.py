@@ -18,6 +18,8 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from segsweep import compat
+
 log = logging.getLogger(__name__)
 
 
@@ -84,7 +86,7 @@ class StaleWatch:
         if self.storage is None:
             return []
         failed = []
-        for tid in self.storage._get_stale_trial_ids(study._study_id):
+        for tid in compat.stale_trial_ids(self.storage, study):
             t = self.storage.get_trial(tid)
             if t.state != TrialState.RUNNING or t.user_attrs.get("job_state") == "requeued":
                 continue

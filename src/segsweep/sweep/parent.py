@@ -21,12 +21,11 @@ class StudyParentRun:
     def open(cls, config: DictConfig, study: optuna.Study, storage: str, space: dict, fixed: dict,
              command: str) -> StudyParentRun:
         """The parent run of ``study`` (tagged ``segsweep.study``), created with the study's description."""
-        uri = OmegaConf.select(config, "mlflow.tracking_uri")
-        exp_name = OmegaConf.select(config, "mlflow.experiment_name")
-        plots = bool(OmegaConf.select(config, "mlflow.plots", default=True))
+        mlflow = OmegaConf.to_object(config.mlflow)  # typed: segsweep.config.MlflowConfig
+        uri, plots = mlflow.tracking_uri, mlflow.plots
         client = open_client(uri)  # a new SQLite store is created under the store's lock
         # Created here, once, before any job starts: concurrent jobs then never race on a fresh store's schema.
-        exp_id = experiment_id(client, exp_name, uri)
+        exp_id = experiment_id(client, mlflow.experiment_name, uri)
         found = client.search_runs([exp_id], filter_string=f"tags.`segsweep.study` = '{study.study_name}' and "
                                                            "tags.`segsweep.role` = 'study'", max_results=1)
         tags = {"segsweep.command": command[:5000], "segsweep.storage": storage}

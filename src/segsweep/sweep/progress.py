@@ -14,16 +14,16 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from segsweep import compat
+
 log = logging.getLogger("segsweep.sweep")
-LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher",
-                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def quiet_launchers() -> None:
     """Hydra's launchers log every job's full override list at INFO: debug level here (the sweeper says it in one
     line)."""
-    for name in LAUNCHER_LOGGERS:
+    for name in compat.LAUNCHER_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -3,17 +3,21 @@
 Each trial is launched on its own, through the launcher's public ``launch``, from a daemon thread; the loop
 polls the study's storage and frees a trial's slot the moment the trial is finished there (told by its job:
 complete, pruned, failed) or found stale, and fills it with the next ask at once. The in-process basic launcher
-runs trials one at a time in the main thread (signals and Ctrl-C reach the trial as before).
+runs trials one at a time in the main thread (Python delivers signals and Ctrl-C to the main thread only, so the
+trial receives them).
 
 submitit's local executor creates a job's folder (``.../%j``) only after the job's process has started, and a
 process that starts first dies opening its log there, losing the trial: local launches therefore get a folder
 of their own without ``%j`` (``.submitit/trial_<n>``), which the executor creates before starting the process.
+It also shows every job the same GPUs (``0 .. gpus_per_node-1``): local trials therefore get GPUs of their own
+from ``GpuPool``, which the trial's job is shown through the launcher's ``setup`` lines.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,23 +30,64 @@ from optuna.trial import TrialState
 log = logging.getLogger(__name__)
 
 
-def _launcher_for(launcher, number: int):
-    """A copy of a submitit *local* launcher whose jobs of trial ``number`` go to a folder of their own."""
+def is_local(launcher) -> bool:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 
-    if not isinstance(launcher, LocalLauncher):
+    return isinstance(launcher, LocalLauncher)
+
+
+def _launcher_for(launcher, number: int, gpus: list[str] | None = None):
+    """A copy of a submitit *local* launcher whose jobs of trial ``number`` go to a folder of their own and see
+    only ``gpus`` (when given)."""
+    if not is_local(launcher):
         return launcher
     folder = Path(str(launcher.params["submitit_folder"]))
     parts = [p for p in folder.parts if not any(tag in p for tag in ("%j", "%t", "%A", "%a"))]
     mine = copy.copy(launcher)
     mine.params = {**launcher.params, "submitit_folder": str(Path(*parts) / f"trial_{number}")}
+    if gpus is not None:  # run by the job's shell after submitit set CUDA_VISIBLE_DEVICES to 0..n-1
+        mine.params["setup"] = [*(launcher.params.get("setup") or []), f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}"]
     return mine
 
 
-def is_sequential(launcher) -> bool:
-    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+class GpuPool:
+    """This machine's GPUs shared out among submitit's local trials: ``gpus_per_node`` each, returned when the
+    trial's launch returns. The GPUs are those of the sweeper's ``CUDA_VISIBLE_DEVICES``, else all of them."""
 
-    return isinstance(launcher, BasicLauncher)
+    def __init__(self, launcher, n_jobs: int) -> None:
+        self.per_trial = int(launcher.params.get("gpus_per_node") or 0) if is_local(launcher) else 0
+        self.free: list[str] = []
+        self.held: dict[int, list[str]] = {}
+        if not self.per_trial:
+            return
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            self.free = [g.strip() for g in visible.split(",") if g.strip()]
+        else:
+            import torch
+
+            self.free = [str(i) for i in range(torch.cuda.device_count())]
+        if self.per_trial * n_jobs > len(self.free):
+            raise ValueError(
+                f"config key 'hydra.sweeper.n_jobs': {n_jobs} trials at once with hydra.launcher.gpus_per_node="
+                f"{self.per_trial} need {self.per_trial * n_jobs} GPUs, but this machine shows {len(self.free)} "
+                f"({'CUDA_VISIBLE_DEVICES=' + repr(visible) if visible is not None else 'torch.cuda.device_count()'})"
+                ": lower n_jobs or gpus_per_node")
+
+    def take(self, number: int) -> list[str] | None:
+        if not self.per_trial:
+            return None
+        self.held[number], self.free = self.free[: self.per_trial], self.free[self.per_trial:]
+        return self.held[number]
+
+    def give_back(self, number: int) -> None:
+        self.free += self.held.pop(number, [])
+
+
+def is_sequential(launcher) -> bool:
+    from segsweep import compat
+
+    return compat.is_basic_launcher(launcher)
 
 
 class Slots:
@@ -50,19 +95,20 @@ class Slots:
 
     # Each poll reads the study's trials from the storage: once a second frees a slot within a second of its
     # trial's end (trials take minutes) and keeps the sweeper's own CPU use small on a small machine.
-    def __init__(self, launcher, poll_s: float = 1.0) -> None:
+    def __init__(self, launcher, n_jobs: int = 1, poll_s: float = 1.0) -> None:
         self.launcher, self.poll_s = launcher, poll_s
         self.sequential = is_sequential(launcher)
+        self.gpus = GpuPool(launcher, n_jobs)
         self.trials: dict[int, optuna.Trial] = {}  # number -> trial, until its launch returns
         self.done: queue.Queue = queue.Queue()  # (number, JobReturn or exception)
 
     def launch(self, trial: optuna.Trial, overrides) -> None:
         self.trials[trial.number] = trial
+        launcher = _launcher_for(self.launcher, trial.number, self.gpus.take(trial.number))
 
         def run() -> None:
             try:
-                ret = list(_launcher_for(self.launcher, trial.number).launch([overrides],
-                                                                           initial_job_idx=trial.number))[0]
+                ret = list(launcher.launch([overrides], initial_job_idx=trial.number))[0]
             except BaseException as e:  # a job ended without a result (killed, node failure): its error
                 if not self.sequential:
                     log.error("trial %d: the job ended without a result: %s", trial.number, e)
@@ -79,6 +125,8 @@ class Slots:
     def busy(self, study_trials: list[optuna.trial.FrozenTrial]) -> int:
         """Slots in use: own trials still RUNNING in the storage (a finished one frees its slot at once, even
         while its process is still exiting)."""
+        if self.gpus.per_trial:  # a trial's GPUs are free once its job's process has exited
+            return len(self.trials)
         running = {t.number for t in study_trials if t.state == TrialState.RUNNING}
         return sum(1 for n in self.trials if n in running)
 
@@ -91,6 +139,8 @@ class Slots:
                 out.append(self.done.get_nowait())
         except queue.Empty:
             pass
+        for n, _ in out:
+            self.gpus.give_back(n)
         return [(self.trials.pop(n), ret) for n, ret in out]
 
     def drain(self, settle: Callable, timeout_s: float) -> None:

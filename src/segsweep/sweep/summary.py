@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import optuna.visualization.matplotlib as ovm  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from segsweep.io import atomic_path  # noqa: E402
 from segsweep.sweep.confirm import (  # noqa: E402
     ENOUGH_FOR_SEARCH_PLOTS,
     best_search_trial,
@@ -29,6 +29,7 @@ from segsweep.sweep.confirm import (  # noqa: E402
     search_trials,
 )
 from segsweep.sweep.progress import short_config  # noqa: E402
+from segsweep.tracking.plots import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 ARTIFACT_PATH = "study"
@@ -57,22 +58,16 @@ def _write_csv(trials: list[FrozenTrial], names: list[str], path: Path) -> Path:
                      **{k: t.params.get(k) for k in params}, "duration_s": dur,
                      **{k: t.user_attrs.get(k) for k in ("mlflow_run_id", "output_dir", "fail_reason", "enqueued",
                                                          "retry_of")}})
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["number", "state", *names, *params, "duration_s", "mlflow_run_id",
                                           "output_dir", "fail_reason", "enqueued", "retry_of"])
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)  # a reader never sees a half-written file
     return path
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def _optuna_plots(study: optuna.Study, complete: list[FrozenTrial], names: list[str], out_dir: Path) -> list[Path]:

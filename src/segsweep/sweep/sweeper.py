@@ -20,7 +20,6 @@ what the stock one lacks:
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import functools
 import logging
 import math
@@ -36,10 +35,11 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from segsweep import compat
+from segsweep.io import file_lock
 from segsweep.sweep.confirm import (
     best_search_trial,
     confirm_trials,
@@ -50,6 +50,7 @@ from segsweep.sweep.confirm import (
     retry_attrs,
 )
 from segsweep.sweep.heartbeat import StaleWatch
+from segsweep.sweep.options import study_options
 from segsweep.sweep.parent import StudyParentRun
 from segsweep.sweep.progress import StudyLine, finished_line, launched_line, quiet_launchers, short_config
 from segsweep.sweep.runner import Slots
@@ -103,29 +104,28 @@ class StudySweeper(Sweeper):
         self.sampler = instantiate(sampler, _execution_whitelist_=(
             "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
         # The stock implementation's helpers (directions, grid choices, trial configuration) are reused as is.
-        self.stock = OptunaSweeperImpl(self.sampler, direction, storage, study_name, n_trials, n_jobs,
-                                       max_failure_rate, custom_search_space, params)
+        self.stock = compat.PluginSweeper(self.sampler, direction, storage, study_name, n_trials, n_jobs,
+                                          max_failure_rate, custom_search_space, params)
         self.storage, self.study_name = storage, study_name or "segsweep"
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
         self.params = params
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
-        self.stock.config = config
+        self.stock.setup(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = Path(config.hydra.sweep.dir)
-        self.opts = OmegaConf.select(config, "study") or OmegaConf.create({})
-
-    def _opt(self, key: str, default: Any = None) -> Any:
-        value = OmegaConf.select(self.opts, key, default=default)
-        return default if value is None else value
+        self.opts = study_options(config)  # study.*, typed once (defaults and checks of the schema)
+        objective = OmegaConf.to_container(config.objective) if OmegaConf.is_config(config.objective) \
+            else config.objective
+        self.objective: str | list[str] = objective
 
     def sweep(self, arguments: list[str]) -> None:
+        slots = Slots(self.launcher, self.n_jobs)  # first: a launcher that cannot run n_jobs trials stops here
         # the study's params, then the command line's: a key given in both is searched or fixed as the latter says
-        space, fixed, fixed_overrides = create_params_from_overrides(
-            [f"{k}={v}" for k, v in (self.params or {}).items()])
-        cli_space, cli_fixed, cli_overrides = create_params_from_overrides(list(arguments))
+        space, fixed, fixed_overrides = compat.search_space([f"{k}={v}" for k, v in (self.params or {}).items()])
+        cli_space, cli_fixed, cli_overrides = compat.search_space(arguments)
         space = {**{k: v for k, v in space.items() if k not in cli_fixed}, **cli_space}
         fixed = {**{k: v for k, v in fixed.items() if k not in cli_space}, **cli_fixed}
         fixed_overrides = [*fixed_overrides, *cli_overrides]
@@ -133,25 +133,23 @@ class StudySweeper(Sweeper):
             space.pop(name, None)
         sampler = self.sampler
         if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
-            grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
+            grid = {k: compat.grid_choices(d) for k, d in space.items()}
             sampler = sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or f"sqlite:///{self.sweep_dir.resolve()}/optuna.db"
-        directions = self.stock._get_directions()
+        directions = self.stock.directions()
         with self._lock():  # a second sweeper started at the same moment finds the study and the parent run
             study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
                                         directions=directions, load_if_exists=True)
-            interval = self._opt("heartbeat_interval")
-            self.watch = StaleWatch(storage, int(interval), int(self._opt("grace_period", 60))) if interval else None
+            interval = self.opts.heartbeat_interval
+            self.watch = StaleWatch(storage, interval, self.opts.grace_period) if interval else None
             resumed, stale = self._recover(study)
             self._enqueue(study)
-            min_effect = OmegaConf.select(self.config, "study.min_effect")
-            if min_effect is not None and study.user_attrs.get("min_effect") != min_effect:
-                study.set_user_attr("min_effect", float(min_effect))  # the report's margin
-            metric_names = OmegaConf.select(self.config, "objective")
-            if len(directions) > 1 and not isinstance(metric_names, str):
-                study.set_metric_names(list(metric_names))
+            if study.user_attrs.get("min_effect") != self.opts.min_effect:
+                study.set_user_attr("min_effect", float(self.opts.min_effect))  # the report's margin
+            if len(directions) > 1 and not isinstance(self.objective, str):
+                study.set_metric_names(list(self.objective))
             parent = StudyParentRun.open(self.config, study, storage, space, fixed, " ".join(sys.argv))
         search = f"search {n_counted(study)} of {self.n_trials} trials done" if self.n_trials else \
             "no search (n_trials=0): the confirmation stage only"
@@ -159,24 +157,23 @@ class StudySweeper(Sweeper):
                  search, parent.run_id)
         log.info("study storage: %s", storage)
         quiet_launchers()
-        objective = OmegaConf.select(self.config, "objective")
-        self.progress = StudyLine(study.study_name, objective if isinstance(objective, str) else "values",
+        self.progress = StudyLine(study.study_name, self.objective if isinstance(self.objective, str) else "values",
                                   self.n_jobs)
         parent.fail_children(stale, "interrupted: the sweep stopped while it ran")
         # a resumed study's summary and report are rewritten when this sweep ends (below), not first: a
         # re-attaching sweeper must watch its live trials' heartbeats at once, not draw plots for ~10 s
 
         def overrides(trial: optuna.Trial) -> Sequence[str]:
-            (base,) = self.stock._configure_trials([trial], space, fixed, fixed_overrides)
-            extra = [f"study.name={self.study_name}", f"study.storage='{storage}'", f"study.trial_id={trial._trial_id}",
-                     f"study.trial_number={trial.number}", f"study.parent_run_id={parent.run_id}"]
+            base = self.stock.trial_overrides(trial, space, fixed, fixed_overrides)
+            extra = [f"study.name={self.study_name}", f"study.storage='{storage}'",
+                     f"study.trial_id={compat.trial_id(trial)}", f"study.trial_number={trial.number}",
+                     f"study.parent_run_id={parent.run_id}"]
             if resume := trial.user_attrs.get("resume_from"):
                 extra.append(f"study.resume_from='{resume}'")
             return merge_overrides([*base, *extra], trial.user_attrs.get("overrides"))  # a baseline's loss=ce ...
 
         status, reason, interrupted = "FAILED", None, False
         try:
-            slots = Slots(self.launcher)
             reason = self._run(study, slots, parent, overrides, confirm=False)
             if reason.startswith("n_trials reached") and self._confirmation(study, space):
                 reason = f"{reason}; confirmation stage: {self._run(study, slots, parent, overrides, confirm=True)}"
@@ -199,14 +196,7 @@ class StudySweeper(Sweeper):
         self._log_best(study)
 
     def _lock(self):
-        class Lock:
-            def __enter__(s):
-                s.f = open(self.sweep_dir / ".sweeper.lock", "w")  # noqa: SIM115
-                fcntl.flock(s.f, fcntl.LOCK_EX)
-
-            def __exit__(s, *exc):
-                s.f.close()
-        return Lock()
+        return file_lock(self.sweep_dir / ".sweeper.lock")
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
@@ -214,7 +204,7 @@ class StudySweeper(Sweeper):
         """After the search: enqueue the confirmation stage's trials (once; segsweep.sweep.confirm); whether any
         is still to run."""
         with self._lock():  # two sweepers finishing the search together enqueue it once
-            enqueue_confirmation(study, self.config, space)
+            enqueue_confirmation(study, self.config, space, self.opts)
         return pending(study) > 0
 
     def _stage(self, study: optuna.Study, confirm: bool) -> tuple[list[FrozenTrial], int]:
@@ -229,7 +219,7 @@ class StudySweeper(Sweeper):
         """Keep the slots full until the stage has its trials (the search: ``n_trials``; the confirmation: every
         enqueued one), or a budget or the failure rate stops it, and no trial of it is still running anywhere;
         returns why it stopped."""
-        lockstep, last_beat, stop = bool(self._opt("lockstep", False)), 0.0, None
+        lockstep, last_beat, stop = self.opts.lockstep, 0.0, None
         self._confirm_stage = confirm
         while True:
             if self.watch is not None:
@@ -238,8 +228,8 @@ class StudySweeper(Sweeper):
                     self._lost(study, parent, t)
                 if time.monotonic() - last_beat >= self.watch.interval:  # trials whose job has not started yet
                     last_beat = time.monotonic()
-                    self.watch.beat(t._trial_id for t in slots.trials.values()
-                                    if "job_state" not in study._storage.get_trial(t._trial_id).user_attrs)
+                    self.watch.beat(compat.trial_id(t) for t in slots.trials.values()
+                                    if "job_state" not in compat.stored_trial(study, compat.trial_id(t)).user_attrs)
             self._settle(study, parent, slots.returned(0))
             trials, total = self._stage(study, confirm)
             gone = superseded(trials)
@@ -267,7 +257,8 @@ class StudySweeper(Sweeper):
     def _ask_and_launch(self, study: optuna.Study, slots: Slots, overrides) -> None:
         trial = study.ask()
         if self.watch is not None:
-            self.watch.beat([trial._trial_id])  # from the ask on: a sweeper dying now leaves a trial that goes stale
+            # from the ask on: a sweeper dying now leaves a trial that goes stale
+            self.watch.beat([compat.trial_id(trial)])
         trials = [t for t in study.get_trials(deepcopy=False) if not is_confirm(t)]
         gone = superseded(trials)
         before = sum(1 for t in trials if t.number < trial.number and t.number not in gone)
@@ -288,10 +279,10 @@ class StudySweeper(Sweeper):
                     f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows")
         started = [t.datetime_start for t in trials if t.datetime_start is not None]
         now = dt.datetime.now()
-        wall = self._opt("budget_wall_min")
+        wall = self.opts.budget_wall_min
         if wall is not None and started and (now - min(started)).total_seconds() / 60 >= wall:
             return f"budget: wall clock of {wall} min reached (study.budget_wall_min)"
-        hours = self._opt("budget_slot_hours")
+        hours = self.opts.budget_slot_hours
         if hours is not None and slot_hours(trials, now) >= hours:
             return f"budget: {hours} slot-hours used (study.budget_slot_hours)"
         return None
@@ -299,13 +290,13 @@ class StudySweeper(Sweeper):
     def _settle(self, study: optuna.Study, parent: StudyParentRun, returned) -> None:
         """Trials whose launch returned: fail (and retry) those whose job ended without telling the study."""
         for trial, ret in returned:
-            frozen = study._storage.get_trial(trial._trial_id)
-            error = ret if isinstance(ret, BaseException) else getattr(ret, "_return_value", None)
+            frozen = compat.stored_trial(study, compat.trial_id(trial))
+            error = ret if isinstance(ret, BaseException) else compat.job_error(ret)
             if frozen.state == TrialState.RUNNING:  # its job is over (requeues included) and told nothing
                 reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else "no result"
                 trial.set_user_attr("fail_reason", f"the job ended without a result: {reason}"[:2000])
                 tell_failed(study, trial)
-                frozen = study._storage.get_trial(trial._trial_id)
+                frozen = compat.stored_trial(study, compat.trial_id(trial))
                 if died_without_a_word(error):
                     self._lost(study, parent, frozen)
                 else:  # the job's own exception (a config or data error): the same point would fail again
@@ -322,7 +313,7 @@ class StudySweeper(Sweeper):
         """A trial whose job died: close its MLflow run FAILED, and queue its point again (resuming from its
         checkpoint when it left one) unless it was already retried ``study.max_retries`` times."""
         parent.fail_children([dead], dead.user_attrs.get("fail_reason", "the job died"))
-        self._retry(study, dead, "retry_count", int(self._opt("max_retries", 1)))
+        self._retry(study, dead, "retry_count", self.opts.max_retries)
 
     @staticmethod
     def _retry(study: optuna.Study, dead: FrozenTrial, counter: str, limit: int) -> None:
@@ -345,30 +336,28 @@ class StudySweeper(Sweeper):
 
     def _enqueue(self, study: optuna.Study) -> None:
         """``study.enqueue``: hand-picked points, evaluated before the sampler's (once per study)."""
-        points = self._opt("enqueue")
-        if not points:
-            return
-        for point in OmegaConf.to_container(points, resolve=True) if OmegaConf.is_config(points) else points:
+        for point in self.opts.enqueue or []:
             study.enqueue_trial(dict(point), user_attrs={"enqueued": True}, skip_if_exists=True)
 
     def _recover(self, study: optuna.Study) -> tuple[bool, list[FrozenTrial]]:
         """Re-attach to a study: trials left RUNNING are waited for while their heartbeat is fresh (one beat now
         for those whose job never started: they go stale unless their own sweeper still beats them); without
-        heartbeats they are failed as before. Interrupted trials are queued again once.
+        heartbeats (study.heartbeat_interval=null) nothing tells whether their jobs live, so they are failed at
+        once, marked interrupted. Interrupted trials are queued again once.
         Returns (resuming, the trials failed here)."""
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         failed: list[FrozenTrial] = []
         if running and self.watch is not None:
             log.info("re-attaching to %d running trial(s): %s", len(running), [t.number for t in running])
-            self.watch.beat(t._trial_id for t in running if "job_state" not in t.user_attrs)
+            self.watch.beat(compat.trial_id(t) for t in running if "job_state" not in t.user_attrs)
         elif running:
             log.warning("failing %d trial(s) left RUNNING (no heartbeats to tell whether they live)", len(running))
             for t in running:
-                trial = optuna.trial.Trial(study, t._trial_id)
+                trial = optuna.trial.Trial(study, compat.trial_id(t))
                 trial.set_user_attr("interrupted", True)
                 trial.set_user_attr("fail_reason", "interrupted: the sweep stopped while it ran")
                 tell_failed(study, trial)
-            failed = [study._storage.get_trial(t._trial_id) for t in running]
+            failed = [compat.stored_trial(study, compat.trial_id(t)) for t in running]
         retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if "interrupted" in t.user_attrs and t.number not in retried:

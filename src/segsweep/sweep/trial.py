@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import optuna
 from hydra.utils import instantiate
 
-from segsweep.config import StudyConfig
+from segsweep import compat
 from segsweep.sweep.heartbeat import JobHeartbeat
+from segsweep.sweep.options import StudyConfig
 
 log = logging.getLogger("segsweep")
 
@@ -39,7 +40,7 @@ class TrialLink:
         self.study = optuna.load_study(study_name=cfg.name, storage=cfg.storage, pruner=build_pruner(cfg.pruner))
         self.trial = optuna.trial.Trial(self.study, cfg.trial_id)
         self.number = cfg.trial_number
-        state = self.study._storage.get_trial(cfg.trial_id).state
+        state = compat.stored_trial(self.study, cfg.trial_id).state
         if state != optuna.trial.TrialState.RUNNING:
             raise TrialGone(f"trial {self.number} is {state.name}, not RUNNING: it was failed or retried elsewhere "
                             "(e.g. its heartbeat went stale while this job waited); nothing to do")

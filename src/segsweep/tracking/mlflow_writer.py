@@ -13,9 +13,11 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from segsweep.io import file_lock
 
 log = logging.getLogger("segsweep")
 
@@ -49,22 +51,11 @@ def sqlite_path(tracking_uri: str | None) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-@contextlib.contextmanager
-def _store_lock(tracking_uri: str | None) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<db>-lock`` beside a SQLite store (named like SQLite's own ``<db>-journal``);
-    nothing for other stores."""
+def _store_lock(tracking_uri: str | None) -> contextlib.AbstractContextManager:
+    """A lock on ``<db>-lock`` beside a SQLite store (named like SQLite's own ``<db>-journal``); nothing for
+    other stores."""
     path = sqlite_path(tracking_uri)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock
-        path = None
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + "-lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
-        yield
+    return file_lock(path.with_name(path.name + "-lock")) if path is not None else contextlib.nullcontext()
 
 
 def open_client(tracking_uri: str | None):

@@ -10,6 +10,18 @@ matplotlib.use("Agg")  # files only: runs on headless nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from segsweep.io import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path: Path, **kwargs) -> Path:
+    """A PNG written whole (a reader, or an MLflow upload, never sees half of it); the figure is closed."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, **kwargs)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     pts = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
@@ -40,9 +52,7 @@ def training_curves(records: list[dict], terms: list[str], path: Path) -> Path:
         ax2.legend(fontsize=7, loc="upper right")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def iou_bars(iou: np.ndarray, class_names: list[str], path: Path) -> Path:
@@ -52,9 +62,7 @@ def iou_bars(iou: np.ndarray, class_names: list[str], path: Path) -> Path:
     ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
     ax.set(ylim=(0, 1), ylabel="IoU", title=f"per-class IoU (mIoU {np.nanmean(iou):.3f})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def confusion_matrix(confusion: np.ndarray, class_names: list[str], path: Path) -> Path:
@@ -69,6 +77,4 @@ def confusion_matrix(confusion: np.ndarray, class_names: list[str], path: Path) 
     ax.set(xlabel="predicted", ylabel="ground truth", title="confusion matrix (row-normalised)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

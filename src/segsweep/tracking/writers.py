@@ -1,7 +1,10 @@
 """Writers: where a logging period's metrics go (console, JSON lines, progress bar, MLflow).
 
-As in detectron2, the loop hands one dict of floats per logging step to every writer; writers know nothing
-of the model or the data. MLflow lives in ``mlflow_writer`` since it also owns the run's lifecycle.
+The loop pushes one dict of floats per logging step to every writer (read from the device once, by
+``tracking.storage``); writers know nothing of the model or the data, nor of each other. detectron2 splits it
+the other way: the loop puts scalars into a shared EventStorage, and each EventWriter (JSONWriter,
+TensorboardXWriter, CommonMetricPrinter) pulls them from it when a periodic hook calls its ``write()``.
+MLflow lives in ``mlflow_writer`` since it also owns the run's lifecycle.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import math
 import sys
 from pathlib import Path
 from typing import Protocol
+
+from segsweep.io import atomic_write
 
 log = logging.getLogger("segsweep")
 
@@ -73,9 +78,7 @@ class JsonlWriter:
         if resume_from is not None and self.path.exists():  # drop what the interrupted run wrote after its checkpoint
             kept = [line for line in self.path.read_text().splitlines()
                     if line and json.loads(line)["iteration"] <= resume_from]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+            atomic_write(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

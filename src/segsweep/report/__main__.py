@@ -1,0 +1,5 @@
+import sys
+
+from segsweep.report import main
+
+sys.exit(main())
