@@ -24,7 +24,7 @@ register_configs()
 @hydra.main(config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from segsweep.data.paired import DatasetError
-    from segsweep.run import run  # imported here: `--help` and config errors stay fast
+    from segsweep.seeds import run  # imported here: `--help` and config errors stay fast
 
     try:
         return run(cfg)

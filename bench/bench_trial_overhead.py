@@ -54,8 +54,9 @@ def main() -> None:
     from segsweep.engine.optim import build_optimizer
     from segsweep.losses import SegmentationCriterion
     from segsweep.models import build_model, check_outputs, standardize
-    from segsweep.run import class_weights_for, effective_params, monitor_groups
+    from segsweep.run import class_weights_for, monitor_groups
     from segsweep.tracking.mlflow_writer import MlflowWriter, flatten  # noqa: F401
+    from segsweep.tracking.run_info import effective_params
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,10 @@
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from needs import require_system
 
 
 @pytest.fixture(scope="session")
@@ -12,6 +14,8 @@ def slurm_cluster(tmp_path_factory):
         "slurm_cluster", Path(__file__).resolve().parents[1] / "scripts" / "slurm_cluster.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    require_system(f"the SLURM packages ({', '.join(c for c in module.COMMANDS if not shutil.which(c))})",
+                   all(shutil.which(c) for c in module.COMMANDS), "python scripts/slurm_cluster.py install (as root)")
     cluster = module.SlurmCluster(tmp_path_factory.mktemp("slurm"))
     saved = os.environ.get("SLURM_CONF")
     try:

@@ -1,5 +1,6 @@
-"""Optional dependencies of some tests. Missing, such a test is skipped with one line naming what is missing and
-the command that installs it; under CI (CI=true, as .ci/run runs) it fails instead, so CI runs every test."""
+"""Optional dependencies of some tests: Python packages (torchvision, smp) and system packages (SLURM, PostgreSQL,
+chromium). Missing, such a test is skipped with one line naming what is missing and the command that installs it;
+under CI (CI=true, which .ci/run sets) it fails instead, so CI runs every test."""
 
 import importlib
 import os
@@ -16,3 +17,13 @@ def require(module: str, install: str):
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+def require_system(what: str, present: bool, install: str) -> None:
+    """Nothing when ``present``; else a skip (a failure under CI) naming ``what`` is missing and ``install``."""
+    if present:
+        return
+    message = f"{what} is missing; install it with: {install}"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

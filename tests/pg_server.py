@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from needs import require_system
+
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
@@ -23,9 +25,8 @@ def pg_bin() -> Path:
     """The newest installed server's bin directory; a clear failure where PostgreSQL is not installed."""
     found = sorted((Path(p) for p in glob.glob(PG_BIN_GLOB) if (Path(p) / "initdb").is_file()),
                    key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    if not found:
-        raise AssertionError(f"no PostgreSQL server binaries in {PG_BIN_GLOB}: the shared-store tests start a real "
-                             "server; install Debian's package (apt-get install -y postgresql)")
+    require_system(f"PostgreSQL's server ({PG_BIN_GLOB}/initdb; the shared-store tests start a real one)",
+                   bool(found), "apt-get install -y postgresql")
     return found[-1]
 
 

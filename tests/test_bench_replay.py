@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 spec = importlib.util.spec_from_file_location("bench_study", Path(__file__).parents[1] / "bench" / "bench_study.py")
 bench_study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_study)

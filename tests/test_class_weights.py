@@ -19,6 +19,8 @@ from segsweep.class_weights import (
     label_iter,
 )
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 # 600 / 300 / 100 pixels of classes 0, 1, 2 in 3 images; class 3 never occurs
 COUNTS = LabelCounts(pixels=torch.tensor([600, 300, 100, 0]), images=torch.tensor([3, 2, 1, 0]),
                      pixels_where_present=torch.tensor([1000, 700, 300, 0]), n_images=3)
@@ -189,7 +191,7 @@ def test_corrupt_cache_file_is_recomputed_and_rewritten(tmp_path, garbage):
     assert calls == [1]
     close(w, [1 / 3, 2 / 3, 2.0, 0.0])
     assert json.loads(path.read_text())["counts"]["pixels"] == [600, 300, 100, 0]
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp*"))
 
 
 # ---------------------------------------------------------------- label_iter

@@ -6,7 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from segsweep.config import ConfigError, register_configs, validate
+from segsweep.checks import ConfigError
+from segsweep.config import register_configs, validate
+
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

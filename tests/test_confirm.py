@@ -8,6 +8,8 @@ from optuna.trial import TrialState, create_trial
 
 from segsweep.sweep import confirm
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 SPACE = {"dataset_mix.synthetic_loss_weight": FloatDistribution(0.0, 1.0),
          "loss.ce_weight": FloatDistribution(0.2, 0.9),
          "weighting": CategoricalDistribution(["none", "inverse_freq", "sqrt_inv_freq"])}

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from segsweep.tracking.writers import ConsoleWriter, ProgressBar
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.unit
 def test_training_line_is_short_and_carries_the_domain_monitors(caplog):
     writer = ConsoleWriter(1200, ["ce", "dice", "ce_0", "dice_0"], ("real", "synthetic", "gta5"))
     metrics = {"train/loss": 0.50371, "train/ce": 0.44361, "train/dice": 0.594, "train/ce_0": 0.7, "train/dice_0": 0.8,
@@ -28,6 +31,7 @@ def test_training_line_is_short_and_carries_the_domain_monitors(caplog):
     assert len("[08:12:03][INFO] " + train) <= 120
 
 
+@pytest.mark.unit
 def test_log_lines_go_above_an_active_progress_bar(capsys):
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)

@@ -22,11 +22,10 @@ from segsweep.run import class_weights_for, seed_everything
 from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
-        "data.toycity.n_real_val=5", "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.num_workers=0",
-        "data.val_batch_size=2", "trainer.max_iters=2", "trainer.batch_size=3", "trainer.log_every=1",
-        "trainer.eval_every=2", "trainer.progress_bar=off", "trainer.num_threads=1", "model.base_channels=4",
-        "model.depth=2", "dataset_mix.real_ratio=0.34", "dataset_mix.synthetic_loss_weight=0.3"]
+TINY = ["debug=tiny", "data.toycity.n_real_val=5", "data.val_batch_size=2", "trainer.max_iters=2",
+        "trainer.batch_size=3", "trainer.log_every=1", "trainer.eval_every=2", "trainer.num_threads=1",
+        "model.base_channels=4", "model.depth=2", "dataset_mix.real_ratio=0.34",
+        "dataset_mix.synthetic_loss_weight=0.3"]
 
 
 def reference(tmp: Path) -> tuple[dict[int, dict[str, float]], float]:

@@ -3,10 +3,13 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from segsweep.data.labels import LabelSet
 from segsweep.engine.evaluate import EvalResult, confusion_update
+
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
 
 
 def test_confusion_counts_pixels_and_drops_ignored():

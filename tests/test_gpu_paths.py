@@ -28,7 +28,7 @@ from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import UNet
-from segsweep.run import run
+from segsweep.seeds import run
 from segsweep.tracking.storage import MetricAccumulator
 
 C = 5
@@ -207,9 +207,9 @@ def test_channels_last_training_matches_contiguous_training():
 
 @pytest.mark.slow
 def test_all_gpu_options_together_train_and_evaluate():
-    """amp + channels_last + compile at once (the trainer=gpu setting) trains, evaluates, and stays close to the
-    same run in eager mode (bf16 rounding differs between inductor's fused kernels and eager, hence the loose
-    tolerance)."""
+    """amp + channels_last + compile at once (trainer=gpu, whose compile is off, with trainer.compile=true) trains,
+    evaluates, and stays close to the same run in eager mode (bf16 rounding differs between inductor's fused kernels
+    and eager, hence the loose tolerance)."""
     val = [{"image": make_batches(1)[0]["image"], "label": make_batches(1)[0]["label"]}]
     opts = dict(amp=True, channels_last=True)
     compiled = run_loop(tiny_model(), 3, val=val, compile=True, **opts)
@@ -403,12 +403,10 @@ def test_a_run_trains_with_the_gpu_options_on_a_cpu(tmp_path, options):
     register_configs()
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
         cfg = compose("config", overrides=[
-            "data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=8",
-            "data.toycity.n_real_val=2", "data.toycity.n_synthetic=8", "data.crop_size=[64,64]",
-            "data.num_workers=0", "trainer.max_iters=2", "trainer.batch_size=4", "trainer.log_every=1",
-            "trainer.eval_every=2", "trainer.progress_bar=off", "trainer.device=cpu", "model.base_channels=4",
-            "model.depth=2", "mlflow.enabled=false", f"data.cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/run",
-            *options])
+            "debug=tiny", "data.toycity.n_real_train=8", "data.toycity.n_real_val=2", "data.toycity.n_synthetic=8",
+            "trainer.max_iters=2", "trainer.log_every=1", "trainer.eval_every=2", "trainer.device=cpu",
+            "model.base_channels=4", "model.depth=2", "mlflow.enabled=false", f"data.cache_dir={tmp_path}/cache",
+            f"output_dir={tmp_path}/run", *options])
     value = run(cfg)
     assert 0.0 <= value <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segsweep.config import ConfigError
+from segsweep.checks import ConfigError
 from segsweep.data.labels import LabelSet
 from segsweep.infer import colorize, panel, predict
 from segsweep.tracking.mlflow_writer import open_client

@@ -7,6 +7,8 @@ import pytest
 
 from segsweep.io import atomic_path, atomic_write, file_lock
 
+pytestmark = pytest.mark.unit
+
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "metrics.json"

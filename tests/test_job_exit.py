@@ -19,10 +19,7 @@ from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ToyCityConfig(height=64, width=128, n_real_train=12, n_real_val=4, n_synthetic=12)  # as sweeps=smoke
-TINY = ["trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=3", "trainer.batch_size=4",
-        "trainer.progress_bar=off", "model.base_channels=4", "model.depth=2", "data.toycity.height=64",
-        "data.toycity.width=128", "data.toycity.n_real_train=12", "data.toycity.n_real_val=4",
-        "data.toycity.n_synthetic=12", "data.crop_size=[64,64]"]
+TINY = ["debug=tiny", "model.base_channels=4", "model.depth=2"]  # debug=tiny's ToyCity is SMALL
 
 
 def corrupt_cache(cache: Path) -> Path:
@@ -73,6 +70,8 @@ def test_trials_with_loader_workers_end_when_pruned_or_failing_on_data(tmp_path,
     good = tmp_path / "good-cache"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=grid", "hydra.sweeper.study_name=exits",
            "hydra/launcher=submitit_local", "hydra.sweeper.max_failure_rate=0.5", *TINY, "data.num_workers=1",
+           # sweeps=grid fixes its own max_iters and eval_every, which beat debug=tiny's (the command line wins)
+           "trainer.max_iters=6", "trainer.eval_every=3",
            f"data.cache_dir={cache},{good}", "pruner=threshold", "study.pruner.lower=1.5",
            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=240)

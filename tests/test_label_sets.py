@@ -14,8 +14,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segsweep.config import ConfigError, register_configs, validate
-from segsweep.run import run
+from segsweep.checks import ConfigError
+from segsweep.config import register_configs, validate
+from segsweep.seeds import run
 from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_bad_sources_and_shares_name_the_key(tmp_path, overrides, words):
 
 
 def test_shares_and_weights_per_source_resolve_from_the_domains_or_explicitly(tmp_path):
-    from segsweep.config import batch_counts, plan_sources
+    from segsweep.data.plan import batch_counts, plan_sources
 
     with pytest.raises(ConfigError, match=r"'dataset_mix.sources.gta5.share': expected a share that gives the "
                                           r"source at least one sample in a batch of trainer.batch_size=4, got 0.15"):

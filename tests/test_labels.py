@@ -21,6 +21,8 @@ from segsweep.data.labels import (
     resolve_table,
 )
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 ROOT = Path(__file__).resolve().parents[1]
 CITYSCAPES19 = label_set(LabelSetConfig(**OmegaConf.to_container(OmegaConf.load(
     ROOT / "conf/data/labels/cityscapes19.yaml"))))

@@ -21,6 +21,8 @@ from segsweep.data.paired import DatasetError, png_size
 from segsweep.data.sources import open_source
 from segsweep.data.transforms import EvalTransform, TrainTransform, to_tensor
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 IDS = np.array([[7, 8, 26, 33], [0, 6, 1, 23], [21, 24, 25, 31]], np.uint8)  # Cityscapes label ids
 TRAIN_IDS = np.array([[0, 1, 13, 18], [255, 255, 255, 10], [8, 11, 12, 16]])  # the same, mapped by hand
 CS19 = label_set(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "labels" / "cityscapes19.yaml"))

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from segsweep.config import DatasetMixConfig, LossConfig
 from segsweep.losses import SegmentationCriterion, per_sample_ce, per_sample_dice, softmax_stats
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 C, IGNORE = 5, 255
 REAL, SYN = 0, 1
 

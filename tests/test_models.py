@@ -13,15 +13,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from needs import require
 
-from segsweep.config import ConfigError, register_configs
+from segsweep.checks import ConfigError
+from segsweep.config import register_configs
 from segsweep.models import build_model, check_outputs, load_weights
 from segsweep.models.outputs import ModelOutputError, main_logits, standardize
-from segsweep.run import run
+from segsweep.seeds import run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = 'pip install torch==2.14.1 torchvision==0.29.1 -e ".[models]"'
 
 
+@pytest.mark.unit
 def test_upsampling_is_bilinear_without_aligned_corners():
     # 2x2 -> 4x4, align_corners=False: source coordinate (d + 0.5) / 2 - 0.5, clamped at the borders; worked by
     # hand the columns 0, 1 give weights [0, .25, .75, 1] and the rows 0, 2 give [0, .5, 1.5, 2]
@@ -31,6 +33,7 @@ def test_upsampling_is_bilinear_without_aligned_corners():
     torch.testing.assert_close(main_logits(x, (4, 4)), expected)
 
 
+@pytest.mark.unit
 def test_every_output_form_becomes_out_and_aux_at_the_label_size():
     main, aux = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)
 
@@ -54,6 +57,7 @@ def node(**kw):
     return OmegaConf.create(kw)
 
 
+@pytest.mark.unit
 def test_targets_outside_the_allow_list_are_refused_with_the_key_to_extend():
     with pytest.raises(ConfigError, match=r"config key 'model._target_': 'os.system' is outside the trusted import "
                                           r"prefixes model.allow=.*add its package there, e.g. 'model.allow=\["):
@@ -67,6 +71,7 @@ def test_targets_outside_the_allow_list_are_refused_with_the_key_to_extend():
         build_model(node(_target_="segsweep.models.UNet", num_classes=3, bogus=1))
 
 
+@pytest.mark.unit
 def test_class_count_and_output_checked_before_training():
     model = build_model(node(_target_="segsweep.models.UNet", num_classes=5, base_channels=4, depth=1))
     with pytest.raises(ConfigError, match="the model's output has 5 channels but data.labels has 19 classes"):
@@ -77,6 +82,7 @@ def test_class_count_and_output_checked_before_training():
     assert check_outputs(aux, 5) == 1
 
 
+@pytest.mark.unit
 def test_local_weights_load_whole_or_into_a_submodule_and_misfits_are_named(tmp_path):
     torch.manual_seed(0)
     src = build_model(node(_target_="segsweep.models.UNet", num_classes=3, base_channels=4, depth=1))
@@ -197,6 +203,7 @@ def test_segmentation_models_pytorch_preset_trains_with_a_timm_encoder(tmp_path)
     assert 0.0 <= value <= 1.0 and any("val/IoU/road" in r for r in records)
 
 
+@pytest.mark.unit
 def test_an_imagenet_timm_encoder_copied_to_disk_loads_into_an_smp_model(tmp_path):
     """The cluster recipe (examples/three_sources): timm's features_only trunk saved with torch.save, loaded into
     the smp model's encoder.model through model.weights / model.weights_into; nothing downloaded."""

@@ -6,6 +6,10 @@ import io
 import tokenize
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "segsweep"
 EXEMPT = {"data/tables.py", "data/toycity.py"}
 CITYSCAPES = {"road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -6,6 +6,8 @@ import torch
 from segsweep.config import OptimConfig
 from segsweep.engine.optim import build_optimizer, build_scheduler, lr_factor
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 
 def test_warmup_then_poly_by_hand():
     cfg = OptimConfig(lr=1.0, warmup_iters=10, warmup_factor=0.1, schedule="poly", poly_power=0.9)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -15,36 +14,25 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
+from polling import wait_for
 
 from segsweep.config import register_configs
-from segsweep.run import run
+from segsweep.seeds import run
 from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
-        "data.toycity.n_real_val=4", "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.val_batch_size=4",
-        "trainer.max_iters=60", "trainer.batch_size=4", "trainer.log_every=2", "trainer.eval_every=30",
-        "trainer.progress_bar=off", "trainer.num_threads=1", "model.base_channels=4", "model.depth=2"]
+# debug=tiny's ToyCity, trained longer (60 iterations, a logging step every 2): the signals arrive mid-run
+TINY = ["debug=tiny", "trainer.max_iters=60", "trainer.log_every=2", "trainer.eval_every=30",
+        "trainer.num_threads=1", "model.base_channels=4", "model.depth=2"]
 
 
 def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_until(predicate, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the process ended (rc {proc.returncode}) before {what}"
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass  # not written yet
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-# USR2 outside submitit takes SIGTERM's path (one handler); its submitit path runs in the test below by default
+# time-limit (USR2) outside submitit takes SIGTERM's path (the same handler, then the signal's default action), so
+# it is slow here. USR2's submitit path (a requeue) runs in the slow test below and on the real SLURM cluster in
+# test_slurm_study's first test, which is not slow: under -m "not slow" that one still sends USR2.
 @pytest.mark.parametrize("sig", [pytest.param(signal.SIGUSR2, marks=pytest.mark.slow), signal.SIGTERM],
                          ids=["time-limit", "sigterm"])
 def test_stop_signal_checkpoints_and_the_same_command_resumes_exactly(tmp_path, sig):
@@ -61,7 +49,7 @@ def test_stop_signal_checkpoints_and_the_same_command_resumes_exactly(tmp_path, 
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        wait_until(lambda: len(records(out / "metrics.jsonl")) >= 1, proc, "the first logging step")
+        wait_for(lambda: len(records(out / "metrics.jsonl")) >= 1, proc, "the first logging step", interval=0.05)
         os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -115,7 +103,8 @@ def test_time_limit_signal_requeues_a_submitit_job_which_finishes_its_trial(tmp_
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     jsonl = sweep_dir / "trial_0" / "metrics.jsonl"
     try:
-        wait_until(lambda: len(records(jsonl)) >= 1 and task_pids(str(sweep_dir)), proc, "trial 0 training")
+        wait_for(lambda: len(records(jsonl)) >= 1 and task_pids(str(sweep_dir)), proc, "trial 0 training",
+                 interval=0.05)
         (pid,) = task_pids(str(sweep_dir))
         os.kill(pid, signal.SIGUSR2)  # what SLURM sends signal_delay_s before the time limit
         _, err = proc.communicate(timeout=300)

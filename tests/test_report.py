@@ -11,6 +11,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from segsweep.report import blocks, build, main
+from segsweep.report.render import Figure, Text
+
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
 
 SPACE = {"dataset_mix.synthetic_loss_weight": FloatDistribution(0.0, 1.0),
          "loss.ce_weight": FloatDistribution(0.2, 0.9),
@@ -219,7 +222,7 @@ def test_validation_panels_of_the_best_and_the_reference_are_shown(tmp_path):
     study = optuna.create_study(study_name="hand", direction="maximize")
     study.add_trials(trials)
     bs = blocks(build(study))
-    images = {b[1]: b[2] for b in bs if b[0] == "img"}
+    images = {b.name: b.png for b in bs if isinstance(b, Figure)}
     assert set(images) >= {"panels_top1", "panels_plain_ce"}
     assert images["panels_top1"] == (tmp_path / "top1" / "plots" / "val_panels.png").read_bytes()
 
@@ -232,7 +235,7 @@ def test_the_report_says_which_classes_the_objective_averages(tmp_path):
                                                        "eval_name": "three"}}
     study = optuna.create_study(study_name="hand", direction="maximize")
     study.add_trials(trials)
-    md = "\n".join(b[1] for b in blocks(build(study)) if b[0] == "p")
+    md = "\n".join(b.text for b in blocks(build(study)) if isinstance(b, Text))
     assert "val/mIoU averages the 3 classes of three (data.eval_classes); per-class IoUs cover all 4." in md
-    assert "averages" not in "\n".join(b[1] for b in blocks(build(make_study(f"sqlite:///{tmp_path}/b.db", "b")))
-                                       if b[0] == "p")
+    assert "averages" not in "\n".join(b.text for b in blocks(build(make_study(f"sqlite:///{tmp_path}/b.db", "b")))
+                                       if isinstance(b, Text))

@@ -10,15 +10,13 @@ from hydra import compose, initialize_config_dir
 
 from segsweep.config import register_configs
 from segsweep.engine.checkpoint import load
-from segsweep.run import run
+from segsweep.seeds import run
 from segsweep.tracking.mlflow_writer import open_client
 from segsweep.tracking.storage import MetricAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
-        "data.toycity.n_real_val=4", "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.val_batch_size=4",
-        "trainer.max_iters=12", "trainer.batch_size=4", "trainer.log_every=3", "trainer.eval_every=6",
-        "trainer.checkpoint_every=6", "trainer.progress_bar=off", "model.base_channels=4", "model.depth=2"]
+TINY = ["debug=tiny", "trainer.max_iters=12", "trainer.eval_every=6", "trainer.checkpoint_every=6",
+        "model.base_channels=4", "model.depth=2"]
 
 
 def config(tmp: Path, out: str, *extra: str):
@@ -71,7 +69,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, worke
 
 
 def test_checkpoint_every_must_be_a_multiple_of_log_every(tmp_path):
-    from segsweep.config import ConfigError, validate
+    from segsweep.checks import ConfigError
+    from segsweep.config import validate
 
     with pytest.raises(ConfigError, match="trainer.checkpoint_every"):
         validate(config(tmp_path, "x", "trainer.checkpoint_every=4"))

@@ -12,14 +12,12 @@ from hydra import compose, initialize_config_dir
 import segsweep.run as run_module
 from segsweep.config import register_configs, validate
 from segsweep.engine.distributed import SINGLE_PROCESS
-from segsweep.seeds import run_seeds, search_seeds
+from segsweep.seeds import run, run_seeds, search_seeds
 from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12",
-        "data.toycity.n_real_val=4", "data.toycity.n_synthetic=12", "data.crop_size=[48,48]", "data.val_batch_size=4",
-        "data.num_workers=0", "trainer.max_iters=8", "trainer.batch_size=4", "trainer.log_every=4",
-        "trainer.eval_every=4", "trainer.progress_bar=off", "model.base_channels=4", "model.depth=2"]
+TINY = ["debug=tiny", "data.crop_size=[48,48]", "trainer.max_iters=8", "trainer.log_every=4", "trainer.eval_every=4",
+        "model.base_channels=4", "model.depth=2"]
 
 
 def config(tmp: Path, out: str, *extra: str):
@@ -46,7 +44,7 @@ def capture_start(monkeypatch, tmp_path, out, *overrides):
 
     monkeypatch.setattr(run_module, "train", fake_train)
     with pytest.raises(Captured):
-        run_module.run(config(tmp_path, out, "mlflow.enabled=false", *overrides))
+        run(config(tmp_path, out, "mlflow.enabled=false", *overrides))
     return seen
 
 
@@ -69,6 +67,7 @@ def test_seed_gives_every_configuration_the_same_start_batches_and_augmentations
     assert sorted(a["batches"][0]["source"].tolist()) == [0, 0, 0, 1]  # mixed batches (real ratio 0.7 of 4)
 
 
+@pytest.mark.unit
 def test_search_seeds():
     typed = validate(config(Path("/tmp"), "x", "study.repeats=3", "trainer.seed=4"))
     assert search_seeds(typed.study, typed.trainer.seed) == [4, 5, 6]

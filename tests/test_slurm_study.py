@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from polling import wait_for
 
 from segsweep.tracking.mlflow_writer import open_client
 
@@ -34,19 +34,22 @@ def start_study(tmp: Path, *extra: str) -> subprocess.Popen:
 
 def training_job(tmp: Path, proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
     """(trial number, SLURM job id) of the first trial seen training, from its MLflow run's tags."""
-    client = open_client(f"sqlite:///{tmp}/mlflow.db")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
+    client = None
+
+    def job() -> tuple[int, str] | None:
+        nonlocal client
         for number in (0, 1):
             jsonl = tmp / "multirun" / f"trial_{number}" / "metrics.jsonl"
+            # the file first: a trial trains, so the MLflow store exists (a client opened sooner would race the
+            # sweeper creating it)
             if jsonl.exists() and jsonl.read_text().count("\n") >= 1:
+                client = client or open_client(f"sqlite:///{tmp}/mlflow.db")
                 exp = client.get_experiment_by_name("segsweep")
                 for run in client.search_runs([exp.experiment_id]):
                     if run.data.tags.get("segsweep.trial") == str(number):
                         return number, run.data.tags["segsweep.slurm_job_id"]
-        time.sleep(0.2)
-    raise AssertionError("no trial started training")
+        return None
+    return wait_for(job, proc, "a trial training as a SLURM job", timeout)
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -141,19 +144,17 @@ def test_a_restarted_sweeper_reattaches_to_live_jobs_and_retries_a_dead_one(tmp_
     proc = start_study(tmp_path, *extra)
     storage = f"sqlite:///{tmp_path}/multirun/optuna.db"
     ckpt = tmp_path / "multirun" / "trial_0" / "checkpoint.pt"
-    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
-    deadline = time.monotonic() + 240
-    while True:  # both jobs training, trial 0 checkpointed
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the two jobs did not start training"
+
+    def both_training() -> bool:
         # the files first: the study's store exists once a trial writes (opening it sooner would race the
         # sweeper creating its tables)
-        if ckpt.exists() and all((tmp_path / "multirun" / f"trial_{n}" / "metrics.jsonl").exists() for n in (0, 1)) \
-                and len(optuna.load_study(study_name="smoke", storage=storage).trials) == 2:
-            break
-        time.sleep(0.2)
+        return ckpt.exists() and all((tmp_path / "multirun" / f"trial_{n}" / "metrics.jsonl").exists()
+                                     for n in (0, 1)) \
+            and len(optuna.load_study(study_name="smoke", storage=storage).trials) == 2
+    wait_for(both_training, proc, "both jobs training and trial 0 checkpointed", timeout=240)
     proc.kill()  # the sweeper dies (a login node rebooting); its jobs run on
     proc.wait(timeout=30)
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")  # the store exists: the trials' runs are in it
     exp = client.get_experiment_by_name("segsweep")
     jobs = {int(r.data.tags["segsweep.trial"]): r.data.tags["segsweep.slurm_job_id"]
             for r in client.search_runs([exp.experiment_id]) if "segsweep.trial" in r.data.tags}

@@ -54,6 +54,7 @@ def _synthia(root: Path, r: np.ndarray = SYN_R, g: np.ndarray = SYN_G, name: str
     return label
 
 
+@pytest.mark.unit
 def test_synthia_ids_in_the_r_channel(tmp_path):
     _synthia(tmp_path)
     ds = _open(tmp_path, layout="synthia", domain="synthetic")
@@ -69,6 +70,7 @@ def test_synthia_ids_in_the_r_channel(tmp_path):
         g_ds.load_label(0)
 
 
+@pytest.mark.unit
 def test_synthia_label_that_is_not_16_bit_colour(tmp_path):
     label = _synthia(tmp_path)
     Image.fromarray(SYN_R.astype(np.uint8)).save(label)  # an 8-bit grey PNG with the same ids
@@ -82,6 +84,7 @@ def test_synthia_label_that_is_not_16_bit_colour(tmp_path):
         ds.load_label(0)
 
 
+@pytest.mark.unit
 def test_synthia_id_outside_the_table(tmp_path):
     r = SYN_R.copy()
     r[0, 1] = 40
@@ -103,6 +106,7 @@ def _cityscapes(root: Path, ids: np.ndarray) -> None:
     Image.fromarray(ids).save(root / "gtFine" / "train" / "oz" / "oz_000000_000019_gtFine_labelIds.png")
 
 
+@pytest.mark.unit
 def test_a_label_set_without_a_dataset_class_ignores_it(tmp_path):
     ids = np.array([[7, 22, 23, 27], [28, 31, 33, 8]], np.uint8)  # road terrain sky truck / bus train bicycle sidewalk
     _cityscapes(tmp_path, ids)
@@ -111,6 +115,7 @@ def test_a_label_set_without_a_dataset_class_ignores_it(tmp_path):
         [0, 255, 9, 255], [13, 255, 15, 1]]
 
 
+@pytest.mark.unit
 def test_a_label_map_naming_an_unknown_class_is_a_config_error(tmp_path):
     _cityscapes(tmp_path, np.array([[7, 22]], np.uint8))
     with pytest.raises(DatasetError) as e:
@@ -153,6 +158,7 @@ PATTERNS = {"layout": "folders", "images": "img/{split}/*.png", "labels": "gt/{s
             "label_format": "rgb"}
 
 
+@pytest.mark.unit
 def test_folders_patterns_and_rgb_labels_by_the_label_set_colours(tmp_path):
     val_mask = _paint([GREEN, GREEN, GREEN], [RED, RED, RED])
     labels = _folders(tmp_path, {"train": [MASK, MASK[::-1]], "val": [val_mask]})
@@ -166,6 +172,7 @@ def test_folders_patterns_and_rgb_labels_by_the_label_set_colours(tmp_path):
     assert val.label_paths == labels["val"] and val.load_label(0).tolist() == [[1, 1, 1], [0, 0, 0]]
 
 
+@pytest.mark.unit
 def test_folders_explicit_label_map(tmp_path):
     mask = _paint([RED, (10, 20, 30), BLACK], [(255, 255, 0), RED, BLACK])
     _folders(tmp_path, {"train": [mask]})
@@ -175,6 +182,7 @@ def test_folders_explicit_label_map(tmp_path):
     assert ds.load_label(0).tolist() == [[2, 0, 255], [1, 2, 255]]
 
 
+@pytest.mark.unit
 def test_folders_unknown_colour_is_one_line_naming_file_and_colour(tmp_path):
     label = _folders(tmp_path, {"train": [_paint([RED, (10, 11, 12)], [GREEN, RED])]})["train"][0]
     ds = _open(tmp_path, ABC, **PATTERNS)  # no label_map: the label set's colours; unknown: error (the default)
@@ -188,6 +196,7 @@ def test_folders_unknown_colour_is_one_line_naming_file_and_colour(tmp_path):
     assert _open(tmp_path, ABC, unknown="ignore", **PATTERNS).load_label(0).tolist() == [[0, 255], [1, 0]]
 
 
+@pytest.mark.unit
 def test_folders_list_file(tmp_path):
     (tmp_path / "pics").mkdir()
     (tmp_path / "anno" / "deep").mkdir(parents=True)
@@ -210,6 +219,7 @@ def test_folders_list_file(tmp_path):
         _open(tmp_path, ABC, layout="folders", list_file="{split}.txt", label_format="rgb")
 
 
+@pytest.mark.unit
 def test_folders_missing_label_and_empty_glob(tmp_path):
     labels = _folders(tmp_path, {"train": [MASK, MASK]})["train"]
     labels[1].unlink()
@@ -221,6 +231,7 @@ def test_folders_missing_label_and_empty_glob(tmp_path):
     assert str(tmp_path / "img" / "val" / "*.png") in str(e.value)
 
 
+@pytest.mark.unit
 def test_folders_ids_are_train_ids_by_default(tmp_path):
     _folders(tmp_path, {"train": [np.array([[0, 1], [2, 255]], np.uint8)]})
     src = {**PATTERNS, "label_format": "ids"}
@@ -243,6 +254,7 @@ def _make_data():
     return module
 
 
+@pytest.mark.unit
 def test_own_dataset_example(tmp_path, monkeypatch):
     data_root = tmp_path / "own4"
     make = _make_data()

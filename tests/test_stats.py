@@ -8,6 +8,8 @@ from scipy import stats as sps
 
 from segsweep import stats
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 # Student t critical values t(0.975, dof): dof 2 in closed form, (2p - 1) / sqrt(2p(1 - p)); dof 4 from tables
 T975 = {2: 0.95 / math.sqrt(2 * 0.975 * 0.025), 4: 2.7764451051977987}
 

@@ -10,6 +10,8 @@ from dist_helpers import run_ranks
 from segsweep.losses import LossOutput
 from segsweep.tracking.storage import MetricAccumulator
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 
 def out(ce_num, ce_den, real=(0.0, 0), synthetic=(0.0, 0), total=None, weight=0.5):
     """One step: a single term 'ce' = ce_num / ce_den with factor ``weight`` in the total."""

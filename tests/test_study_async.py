@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
+from polling import STUDY_OPENED, logged, wait_for
 
 from segsweep.tracking.mlflow_writer import open_client
 
@@ -43,20 +42,8 @@ def finish(proc: subprocess.Popen, tmp: Path, log: str = "sweep.log", timeout: f
 
 
 def study(tmp: Path) -> optuna.Study:
+    """The study, read from its SQLite storage: only once the sweep has created it (see tests/polling.py)."""
     return optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp}/multirun/optuna.db")
-
-
-def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the sweep ended (rc {proc.returncode}) before {what}"
-        try:
-            if value := predicate():
-                return value
-        except (KeyError, IndexError, optuna.exceptions.OptunaError, sqlalchemy.exc.OperationalError):
-            pass  # the study (or its storage) does not exist yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def parent_and_children(tmp: Path):
@@ -76,10 +63,13 @@ def test_slots_stay_full_and_a_killed_job_is_retried_from_its_checkpoint(tmp_pat
     ckpt = tmp_path / "multirun" / "trial_0" / "checkpoint.pt"
 
     def trial0_checkpointed():
+        if not ckpt.exists():  # the file first: trial 0 training means the study's storage exists
+            return None
         t = study(tmp_path).trials[0]
-        return ckpt.exists() and t.state == TrialState.RUNNING and t.user_attrs.get("job_pid")
+        return t.state == TrialState.RUNNING and t.user_attrs.get("job_pid")
     try:
-        pid = wait_for(trial0_checkpointed, proc, "trial 0's first checkpoint")
+        pid = wait_for(trial0_checkpointed, proc, "trial 0's first checkpoint", timeout=180,
+                       log=tmp_path / "sweep.log")
         os.kill(pid, signal.SIGKILL)  # the job's training process (a grandchild of this test's sweeper)
     finally:
         finish(proc, tmp_path)
@@ -126,7 +116,9 @@ def test_two_sweepers_share_one_study(tmp_path):
     extra = ["hydra/launcher=submitit_local", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", *HEARTBEAT]
     first = start(tmp_path, *extra, log="first.log")
     try:
-        wait_for(lambda: len(study(tmp_path).trials) >= 1, first, "the first sweeper's first trial")
+        # the log line first: the first sweeper has created the study (loading it sooner would race that)
+        wait_for(lambda: logged(tmp_path / "first.log", STUDY_OPENED) and len(study(tmp_path).trials) >= 1, first,
+                 "the first sweeper's first trial", timeout=180, log=tmp_path / "first.log")
         second = start(tmp_path, *extra, log="second.log")
         logs = [finish(second, tmp_path, "second.log")]
     finally:

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 from optuna.trial import TrialState
-from test_sweep import command, runs, study, sweep, wait_for
+from polling import STUDY_OPENED, logged, wait_for
+from test_sweep import command, runs, study, sweep
 
 EXTRA = ("hydra/launcher=basic", "hydra.sweeper.n_trials=2", "trainer.max_iters=12", "trainer.eval_every=6",
          "study.repeats=2", "study.seeds=[0,1]", "study.confirm.top_k=1", "study.confirm.seeds=2",
@@ -28,9 +29,12 @@ def test_repeats_confirmation_resumed_mid_stage_and_the_report(tmp_path, cache_d
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def confirmation_training():
+            if not logged(tmp_path / "sweep.log", STUDY_OPENED):  # the study is not created yet: do not open it
+                return False
             return any(t.user_attrs.get("stage") == "confirm" and t.state == TrialState.RUNNING
                        and "mlflow_run_id" in t.user_attrs for t in study(tmp_path).trials)
-        wait_for(confirmation_training, proc, "a confirmation trial started training", timeout=300)
+        wait_for(confirmation_training, proc, "a confirmation trial started training", timeout=300,
+                 log=tmp_path / "sweep.log")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:

@@ -6,12 +6,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from polling import STUDY_OPENED, logged, wait_for
 
 from segsweep.tracking.mlflow_writer import open_client
 
@@ -84,20 +84,6 @@ def test_study_completes_with_parent_children_and_summary(tmp_path, cache_dir):
             "plots/training_curves.png", "plots/iou_per_class.png", "plots/confusion.png", "plots/val_panels.png"}
 
 
-def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the sweep ended (rc {proc.returncode}) before {what}")
-        try:
-            if predicate():
-                return
-        except (KeyError, optuna.exceptions.OptunaError, Exception):
-            pass  # the study or its storage does not exist yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # slow: by default a killed job's path (a stale heartbeat, retried) runs in test_study_async and test_slurm_study,
 # and Ctrl-C + resume in test_study_confirm_cli (during the confirmation stage)
 @pytest.mark.slow
@@ -114,10 +100,12 @@ def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path, cache_dir
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def second_trial_training():
+            if not logged(tmp_path / "sweep.log", STUDY_OPENED):  # the study is not created yet: do not open it
+                return False
             trials = study(tmp_path).trials
             return (len(trials) == 2 and trials[0].state == TrialState.COMPLETE
                     and "mlflow_run_id" in trials[1].user_attrs)
-        wait_for(second_trial_training, proc, "trial 1 started training")
+        wait_for(second_trial_training, proc, "trial 1 started training", log=tmp_path / "sweep.log")
         proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:
@@ -156,11 +144,9 @@ def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path, cache_dir
                       3: "FINISHED"}
 
 
-# the smoke study's tiny trials, for the other named studies
-TINY = ["trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=3", "trainer.batch_size=4",
-        "model.base_channels=4", "model.depth=2", "data.toycity.height=64", "data.toycity.width=128",
-        "data.toycity.n_real_train=12", "data.toycity.n_real_val=4", "data.toycity.n_synthetic=12",
-        "data.crop_size=[64,64]", "data.num_workers=0"]
+# the smoke study's tiny trials, for the other named studies: debug=tiny, and again the iterations, which a named
+# study fixes itself (its fixed params beat debug=tiny's; the command line beats both)
+TINY = ["debug=tiny", "trainer.max_iters=6", "trainer.eval_every=3", "model.base_channels=4", "model.depth=2"]
 
 
 def test_failed_trial_is_recorded_and_the_study_finishes(tmp_path, cache_dir):

@@ -13,12 +13,15 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from segsweep.config import ConfigError, SourceConfig, ToyCityConfig
+from segsweep.checks import ConfigError
+from segsweep.config import SourceConfig, ToyCityConfig
 from segsweep.data import toycity
 from segsweep.data.labels import label_set
 from segsweep.data.paired import DatasetError
 from segsweep.data.sources import open_source
 from segsweep.data.toycity import ensure_toycity, generate
+
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
 
 TINY = ToyCityConfig(seed=1, height=32, width=64, n_real_train=4, n_real_val=2, n_synthetic=3)
 # Cityscapes ids -> trainIds for the classes below, written out by hand (independent of labels.py).

@@ -12,16 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from segsweep.config import register_configs
-from segsweep.run import run
+from segsweep.seeds import run
 from segsweep.tracking.mlflow_writer import open_client
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [  # a tiny toycity and a few iterations: seconds on a CPU
-    "data.toycity.height=64", "data.toycity.width=128", "data.toycity.n_real_train=12", "data.toycity.n_real_val=4",
-    "data.toycity.n_synthetic=12", "data.crop_size=[64,64]", "data.num_workers=0", "data.val_batch_size=4",
-    "trainer.max_iters=6", "trainer.batch_size=4", "trainer.log_every=3", "trainer.eval_every=3",
-    "trainer.progress_bar=off",
-]
+TINY = ["debug=tiny"]  # a tiny toycity and a few iterations: seconds on a CPU
 TINY_UNET = ["model.base_channels=4", "model.depth=2"]
 
 

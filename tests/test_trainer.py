@@ -9,6 +9,8 @@ from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.trainer import TrainState, train
 from segsweep.losses import SegmentationCriterion
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 
 class BlowsUp(torch.nn.Module):
     """Finite logits until ``at`` forward calls, NaN from then on."""

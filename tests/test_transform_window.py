@@ -8,6 +8,8 @@ from PIL import Image
 
 from segsweep.data.transforms import TrainTransform, normalize
 
+pytestmark = pytest.mark.unit  # the fast tier: python -m pytest -m unit (pyproject.toml, markers)
+
 
 def reference(tf: TrainTransform, sample: dict, seed: int) -> dict:
     """Whole-image rescale (bilinear image, nearest label), crop, pad, flip: the same random draws."""

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from needs import require_system
+from polling import NotYet, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -72,19 +75,16 @@ def mlflow_server(backend: Path | str, log_path: Path, timeout: float = 45.0, ex
         proc = subprocess.Popen(cmd, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env or {**os.environ, **QUIET_ENV},
                                 start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError as e:  # not listening yet
+            raise NotYet(f"{base}/health: {e}") from e
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}; log tail:\n{tail(log_path)}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server on {base} did not answer /health within {timeout:.0f} s; "
-                                   f"log tail:\n{tail(log_path)}")
-            time.sleep(0.3)
+        wait_for(healthy, proc, f"mlflow server on {base} to answer /health", timeout, log=log_path, interval=0.3)
         yield base
     finally:
         stop_group(proc)
@@ -93,10 +93,9 @@ def mlflow_server(backend: Path | str, log_path: Path, timeout: float = 45.0, ex
 # --- headless Chromium over the DevTools protocol -----------------------------------------------------------
 
 def require_chromium() -> str:
-    """Debian's chromium; a missing browser is a test failure (CI installs it), never a skip."""
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        raise AssertionError(f"{CHROMIUM} is missing: the MLflow UI test needs Debian's chromium package "
-                             "(apt-get install -y chromium; .ci/run installs it)")
+    """Debian's chromium; missing, the test is skipped naming it (a failure under CI, which installs it)."""
+    require_system(f"{CHROMIUM} (the MLflow UI test drives Debian's headless chromium)",
+                   os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK), "apt-get install -y chromium")
     return CHROMIUM
 
 
@@ -189,21 +188,14 @@ class Browser:
         self.ws: _WebSocket | None = None
         try:
             port_file = profile / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
-            while not (port_file.is_file() and port_file.read_text().strip()):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"chromium did not open its DevTools port within {timeout:.0f} s "
-                                         f"(exit code {self.proc.poll()}); log tail:\n{tail(self.log_path)}")
-                time.sleep(0.1)
-            port = int(port_file.read_text().split()[0])
-            page = None
-            while page is None:
+            port = int(wait_for(lambda: port_file.read_text().strip(), self.proc, "chromium's DevTools port",
+                                timeout, log=self.log_path, interval=0.1).split()[0])
+
+            def page_target():
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                    page = next((t for t in json.load(r) if t.get("type") == "page"), None)
-                if page is None:
-                    if time.monotonic() > deadline:
-                        raise AssertionError("chromium opened no page target")
-                    time.sleep(0.1)
+                    return next((t for t in json.load(r) if t.get("type") == "page"), None)
+            page = wait_for(page_target, self.proc, "a page target in chromium", timeout, log=self.log_path,
+                            interval=0.1)
             self.ws = _WebSocket(page["webSocketDebuggerUrl"], timeout)
             self.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
                       mobile=False)  # the window size is not the viewport in headless mode

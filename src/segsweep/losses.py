@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from segsweep.config import DatasetMixConfig, LossConfig
+from segsweep.data.plan import DOMAINS
 
 REDUCTIONS = ("mean", "weight_normalized")
 POOLINGS = ("image", "batch")
@@ -36,6 +37,11 @@ class LossOutput:
     # is the term over all those samples (a batch-pooled Dice is (value, 1): a mean over steps and ranks).
     term_parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)  # the factor of each term in total
+
+
+def weighted_total(weights: dict[str, float], terms: dict):
+    """The optimised loss from its terms: ``sum_k weights[k] * terms[k]`` (tensors in the step, floats in the logs)."""
+    return sum(weights[k] * terms[k] for k in weights)
 
 
 class SoftmaxStats(NamedTuple):
@@ -214,7 +220,7 @@ class SegmentationCriterion(torch.nn.Module):
                  class_weight: torch.Tensor | None = None, smooth: float = 1.0, squared_denominator: bool = False,
                  dice_pooling: str = "image", reduction: str = "mean", ignore_index: int = 255,
                  num_aux: int = 0, num_classes: int | None = None,
-                 groups: tuple[str, ...] = ("real", "synthetic"), source_groups: torch.Tensor | None = None) -> None:
+                 groups: tuple[str, ...] = DOMAINS, source_groups: torch.Tensor | None = None) -> None:
         super().__init__()
         if class_weight is not None:
             check_class_weight(class_weight, num_classes)
@@ -254,7 +260,7 @@ class SegmentationCriterion(torch.nn.Module):
 
     @classmethod
     def from_config(cls, loss: LossConfig, mix: DatasetMixConfig, class_weight: torch.Tensor | None,
-                    num_classes: int | None = None, groups: tuple[str, ...] = ("real", "synthetic"),
+                    num_classes: int | None = None, groups: tuple[str, ...] = DOMAINS,
                     source_groups: torch.Tensor | None = None) -> SegmentationCriterion:
         return cls(ce_weight=loss.ce_weight, dice_weight=loss.dice_weight, aux_weight=loss.aux_weight,
                    class_weight=class_weight, smooth=loss.smooth, squared_denominator=loss.squared_denominator,
@@ -300,7 +306,7 @@ class SegmentationCriterion(torch.nn.Module):
                 ce, dice = (ce if ce in weights else None), (dice if dice in weights else None)
                 if ce or dice:
                     self._head(logits, target, sample_weight, member, ce, dice, terms, parts, monitors)
-            total = sum(weights[k] * terms[k] for k in weights)
+            total = weighted_total(weights, terms)
         return LossOutput(total=total, terms=terms, monitors=monitors, term_parts=parts, weights=weights)
 
     def _head(self, logits, target, sample_weight, member, ce_name, dice_name, terms, parts, monitors) -> None:

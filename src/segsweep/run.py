@@ -1,17 +1,15 @@
-"""One training run from a composed config: validate -> data -> class weights -> model, criterion, optimiser
--> MLflow run -> train loop -> plots and artifacts -> the objective value for a sweeper.
+"""One seed's training run from a composed config (``train_one``; ``segsweep.seeds`` runs the job's seeds): data
+-> class weights -> model, criterion, optimiser -> MLflow run -> train loop -> plots and artifacts -> the
+objective value, told to the trial.
 
-This is the only module that sees the whole config; everything it calls takes plain values or the validated
-dataclasses of ``segsweep.config``.
+With ``segsweep.seeds``, the only module that sees the whole config; everything it calls takes plain values or the
+validated dataclasses of ``segsweep.config``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import secrets
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +18,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.class_weights import LabelCounts, class_weights_cached, count_labels, format_table, label_iter
-from segsweep.config import Config, validate
+from segsweep.config import Config
 from segsweep.data.build import TrainVal, build_train_val, stop_workers
 from segsweep.data.labels import IGNORE, LabelSet, UnknownAudit, label_set
 from segsweep.data.plan import DOMAINS, PlannedSource, counted_sources
 from segsweep.engine.checkpoint import load, restore, save_atomic, training_state
-from segsweep.engine.distributed import World, close_world, from_rank0, init_world
+from segsweep.engine.distributed import World, from_rank0
 from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.preemption import StopSignals
 from segsweep.engine.trainer import Preempted, TrainState, train
 from segsweep.infer import val_panels
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import build_model, check_outputs
-from segsweep.seeds import run_seeds
-from segsweep.sweep.trial import TrialLink
+from segsweep.sweep.record import ending
+from segsweep.sweep.trial import NO_TRIAL, Trial
 from segsweep.tracking import plots
-from segsweep.tracking.mlflow_writer import MlflowWriter, flatten
+from segsweep.tracking.mlflow_writer import MlflowWriter
+from segsweep.tracking.run_info import effective_params, name_and_tags
 from segsweep.tracking.writers import ConsoleWriter, JsonlWriter, ProgressBar
 
 log = logging.getLogger("segsweep")
@@ -93,44 +92,14 @@ def monitor_groups(plan: list[PlannedSource]) -> tuple[tuple[str, ...], torch.Te
     return groups, member
 
 
-def job_tags() -> dict[str, str]:
-    """Where this process runs, to find its logs and its GPUs from MLflow: the SLURM job (array job_task when in
-    an array) and node, and the GPUs it was shown (CUDA_VISIBLE_DEVICES)."""
-    env = os.environ
-    tags = {"segsweep.cuda_visible_devices": env["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in env else {}
-    if "SLURM_JOB_ID" not in env:
-        return tags
-    job = env["SLURM_JOB_ID"]
-    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
-        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return {**tags, "segsweep.slurm_job_id": job, "segsweep.slurm_node": env.get("SLURMD_NODENAME", "")}
-
-
 def objective_names(cfg: Config) -> list[str]:
     return [cfg.objective] if isinstance(cfg.objective, str) else list(cfg.objective)
 
 
-def effective_params(cfg: Config) -> dict[str, str]:
-    """The validated values (``loss.dice_weight`` null is logged as the 1 - alpha it stands for)."""
-    params = asdict(cfg)
-    params["model"] = OmegaConf.to_container(cfg.model, resolve=True)
-    params.pop("study")  # per-trial ids: tags of the run, not parameters of the model
-    params["data"]["labels"].pop("colors", None)  # display only
-    return flatten(params)
-
-
-def run(cfg: DictConfig) -> float | list[float]:
-    typed = validate(cfg)  # every config error surfaces here, before any data is read
-    world, device = init_world(resolve_device(typed.trainer.device))  # one process, or a data-parallel rank
-    try:
-        return run_seeds(cfg, typed, world, device, _run)  # study.repeats seeds (or a trial's own), each with _run
-    finally:
-        close_world(world)
-
-
-def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
-         trial: TrialLink | None = None) -> float | list[float]:
-    """One seed's training; ``trial``: the Optuna trial as this seed sees it (segsweep.seeds.SeedLink), on rank 0."""
+def train_one(cfg: DictConfig, typed: Config, world: World, device: torch.device,
+              trial: Trial = NO_TRIAL) -> float | list[float]:
+    """One seed's training (``segsweep.seeds`` runs the job's seeds); ``trial``: the Optuna trial as this seed sees
+    it (``segsweep.seeds.SeedLink``) on rank 0; a plain run's records nothing."""
     main = world.is_main  # rank 0 alone writes files, logs to MLflow and talks to the Optuna trial
     out_dir = Path(from_rank0(typed.output_dir))  # every rank resumes from rank 0's checkpoint
     if main:
@@ -160,8 +129,7 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         train_loader, val_loader = tv.train_loader, tv.val_loader
         class_weight, counts = class_weights_for(typed, tv, labels)
     except BaseException as e:  # bad data or a bad sampled value fails the trial, with its reason
-        if trial is not None:
-            trial.failed(e)
+        trial.end(e)
         raise
     table = format_table(counts, class_weight, list(labels.classes))
     resolved = out_dir / "config_resolved.yaml"
@@ -192,11 +160,12 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
             mlflow = _open_mlflow(typed, out_dir, resolved,
                                   resumed.get("mlflow_run_id") if resumed and source == ckpt_path else None, world)
             writers.append(mlflow)
-        if trial is not None:
-            trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
+        trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
 
     names = objective_names(typed)
-    on_eval = (lambda step, metrics: trial.report(step, metrics[names[0]])) if trial is not None else None
+
+    def on_eval(step: int, metrics: dict[str, float]) -> None:  # the pruner's say: raises optuna.TrialPruned
+        trial.report(step, metrics[names[0]])
 
     def checkpoint(step: int) -> None:
         save_atomic(training_state(state, mlflow.run_id if mlflow else None), ckpt_path)
@@ -207,25 +176,17 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
             result = train(state, train_loader, val_loader, typed.trainer, device, writers, labels, on_eval,
                            checkpoint if main else None, stop, world)
         status = "FINISHED"
-    except Preempted as e:  # checkpoint written: the trial goes on in the requeued job
-        status, preempted = "KILLED", True
-        log.warning("%s: %s", e, ckpt_path)
-        if mlflow is not None:
-            mlflow.set_tags({"segsweep.preempted_at": str(e.iteration)})
-        if trial is not None:
-            trial.set_attrs(preempted_at=str(e.iteration))
-        raise
-    except optuna.TrialPruned:
-        status = "KILLED"  # MLflow has no 'pruned' status: KILLED plus the tag below
-        if mlflow is not None:
-            mlflow.set_tags({"segsweep.trial_state": "PRUNED"})
-        if trial is not None:
-            trial.pruned()
-        raise
     except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        if trial is not None:
-            trial.failed(e)
+        status = ending(e).mlflow_status
+        if isinstance(e, Preempted):  # checkpoint written: the trial goes on in the requeued job
+            preempted = True
+            log.warning("%s: %s", e, ckpt_path)
+            if mlflow is not None:
+                mlflow.set_tags({"segsweep.preempted_at": str(e.iteration)})
+            trial.set_attrs(preempted_at=str(e.iteration))
+        elif isinstance(e, optuna.TrialPruned) and mlflow is not None:
+            mlflow.set_tags({"segsweep.trial_state": "PRUNED"})  # MLflow has no 'pruned' status: KILLED, tagged
+        trial.end(e)
         raise
     finally:
         stop_workers(train_loader, val_loader)  # no loader worker outlives the run, however it ended
@@ -252,23 +213,14 @@ def _run(cfg: DictConfig, typed: Config, world: World, device: torch.device,
         rare = f"  val/mIoU_rare {metrics['val/mIoU_rare']:.4f}" if "val/mIoU_rare" in metrics else ""
         log.info("final: val/mIoU %.4f  val/pixel_acc %.4f%s  (%s)", metrics["val/mIoU"], metrics["val/pixel_acc"],
                  rare, out_dir)
-    if trial is not None:
-        trial.complete(values)
+    trial.complete(values)
     return values[0] if isinstance(typed.objective, str) else values
 
 
 def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | None, world: World) -> MlflowWriter:
     """The run's MLflow run: a new one, a sweep trial's child of the study run, or the resumed ``run_id``."""
-    tags = {"segsweep.output_dir": str(out_dir.resolve()), "segsweep.world_size": str(world.size), **job_tags()}
-    run_name = typed.mlflow.run_name
-    if typed.study.parent_run_id:
-        tags.update({"mlflow.parentRunId": typed.study.parent_run_id, "segsweep.study": str(typed.study.name),
-                     "segsweep.trial": str(typed.study.trial_number)})
-        run_name = run_name or f"trial-{typed.study.trial_number}"
-    # Not MLflow's own pick: it draws names from Python's `random`, which seed_everything seeds with trainer.seed,
-    # so every run of one seed would get the same name. Hence the recipe, with a suffix from the OS's randomness.
-    run_name = run_name or (f"{typed.loss.name}-{typed.weighting.method}-{typed.dataset_mix.name}-"
-                            f"{secrets.token_hex(3)}")
+    run_name, tags = name_and_tags(typed, out_dir)
+    tags["segsweep.world_size"] = str(world.size)
     mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)
     if run_id is None:  # params are immutable: a resumed run keeps those it logged
         mlflow.log_params(effective_params(typed))

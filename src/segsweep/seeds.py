@@ -1,4 +1,5 @@
-"""Repeats with common random numbers: a job trains its seeds one after another and reports their mean.
+"""A job (``python train.py``; in a study, one trial): its seeds trained one after another, each by
+``segsweep.run.train_one``, and their mean reported. Repeats use common random numbers.
 
 Which seeds: a confirmation trial carries its own (the trial's user attr ``seeds``, set when it was enqueued);
 any other job trains the study's search seeds, ``study.seeds[:study.repeats]`` or ``trainer.seed + 0, 1, ...``,
@@ -8,11 +9,10 @@ the batch stream), whatever the loss, the class weighting or the synthetic loss 
 and batch size two configurations trained with seed s see exactly the same batches. Comparisons between
 configurations are therefore paired by seed (``segsweep.stats.paired``).
 
-What the Optuna trial holds (user attrs, all JSON, keyed by the seed as a string):
-``seeds``, ``stage`` (``search`` or ``confirm``), ``seed_values`` (first objective per seed), ``seed_objectives``
-(every objective), ``seed_iou`` (per-class val IoU), ``seed_monitors`` (last logged unweighted real and synthetic
-loss of every term, e.g. ``ce_real``, ``ce_synthetic``), ``seed_runs`` (MLflow run per seed). The trial's value is
-the mean over its seeds. These are the per-seed values ``segsweep.report`` computes everything from.
+What the Optuna trial holds: its record (``segsweep.sweep.record.TrialRecord``: ``seeds``, ``stage``,
+``seed_values``, ``seed_objectives``, ``seed_iou``, ``seed_monitors``, ``seed_runs``, keyed by the seed as a
+string), and as its value the mean over its seeds. These are the per-seed values ``segsweep.report`` computes
+everything from.
 
 Pruning: seed j (0-based) reports its intermediate values at step ``j * trainer.max_iters + iteration``, so the
 median pruner compares the same seed index (the same seed) across trials; seed 0 is judged against seed 0 of the
@@ -32,7 +32,6 @@ import copy
 import json
 import logging
 import math
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +41,13 @@ from omegaconf import DictConfig, OmegaConf
 from segsweep import metrics
 from segsweep.config import Config, validate
 from segsweep.data.labels import label_set
-from segsweep.engine.distributed import World, from_rank0
+from segsweep.engine.distributed import World, close_world, from_rank0, init_world
 from segsweep.io import atomic_write
+from segsweep.run import resolve_device, train_one
 from segsweep.sweep.options import StudyConfig
-from segsweep.sweep.trial import TrialLink
+from segsweep.sweep.record import CONFIRM, ending
+from segsweep.sweep.trial import NO_TRIAL, NoTrial, TrialLink
+from segsweep.tracking.run_info import effective_params, name_and_tags
 
 log = logging.getLogger("segsweep")
 RESULT = "seed_result.json"
@@ -81,10 +83,10 @@ def final_monitors(path: Path) -> dict[str, float]:
 
 
 class SeedLink:
-    """The trial as one seed's training sees it (TrialLink's interface): intermediate values offset by the seed's
-    index, the final values kept for the mean instead of told, pruning and failures passed on to the trial."""
+    """The trial as one seed's training sees it (``segsweep.sweep.trial.Trial``): intermediate values offset by the
+    seed's index, the final values kept for the mean instead of told, pruning and failures passed on to the trial."""
 
-    def __init__(self, link: TrialLink, index: int, max_iters: int, confirm: bool, single: bool) -> None:
+    def __init__(self, link: TrialLink | NoTrial, index: int, max_iters: int, confirm: bool, single: bool) -> None:
         self.link, self.index, self.max_iters, self.confirm, self.single = link, index, max_iters, confirm, single
         self.values: list[float] | None = None
         self.attrs: dict[str, str] = {}
@@ -103,11 +105,8 @@ class SeedLink:
     def complete(self, values) -> None:
         self.values = [float(v) for v in values]
 
-    def pruned(self) -> None:
-        self.link.pruned()
-
-    def failed(self, error: BaseException) -> None:
-        self.link.failed(error)
+    def end(self, error: BaseException) -> None:
+        self.link.end(error)
 
 
 def _with(cfg: DictConfig, **updates) -> DictConfig:
@@ -120,15 +119,14 @@ def _with(cfg: DictConfig, **updates) -> DictConfig:
 class _Record:
     """Per-seed results, in the trial's user attrs and (several seeds) on the job's MLflow run."""
 
-    def __init__(self, link: TrialLink | None, seeds: list[int], stage: str) -> None:
+    def __init__(self, link: TrialLink | NoTrial, seeds: list[int], stage: str) -> None:
         self.link, self.seeds = link, seeds
         self.values: dict[str, float] = {}
         self.objectives: dict[str, list[float]] = {}
         self.iou: dict[str, dict[str, float]] = {}
         self.monitors: dict[str, dict[str, float]] = {}
         self.runs: dict[str, str] = {}
-        if link is not None:
-            link.set_attrs(stage=stage, seeds=list(seeds))
+        link.set_attrs(stage=stage, seeds=list(seeds))
 
     def add(self, seed: int, result: dict) -> None:
         key = str(seed)
@@ -138,9 +136,8 @@ class _Record:
         self.monitors[key] = result["monitors"]
         if result.get("mlflow_run_id"):
             self.runs[key] = result["mlflow_run_id"]
-        if self.link is not None:
-            self.link.set_attrs(seed_values=self.values, seed_objectives=self.objectives, seed_iou=self.iou,
-                                seed_monitors=self.monitors, seed_runs=self.runs)
+        self.link.set_attrs(seed_values=self.values, seed_objectives=self.objectives, seed_iou=self.iou,
+                            seed_monitors=self.monitors, seed_runs=self.runs)
 
     def means(self) -> list[float]:
         rows = [self.objectives[str(s)] for s in self.seeds]
@@ -156,17 +153,27 @@ def _seed_result(out_dir: Path, values: list[float], run_id: str | None) -> dict
 RunOne = Callable[..., "float | list[float]"]
 
 
-def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device, run_one: RunOne):
-    """Train the job's seeds with ``run_one(cfg, typed, world, device, trial)`` (``segsweep.run._run``), record
-    each seed's result in the trial, tell the trial the mean, and return it (a float, or a list per objective)."""
-    link = TrialLink.from_config(typed.study) if world.is_main else None  # None outside a sweep
-    attrs = link.trial.user_attrs if link is not None else {}
-    stage = attrs.get("stage", "search")
-    seeds = from_rank0([int(s) for s in attrs["seeds"]] if attrs.get("seeds") else
+def run(cfg: DictConfig) -> float | list[float]:
+    """One job (``python train.py``; in a study, one trial): validate the config, join the data-parallel group if
+    there is one, train the job's seeds; returns the objective (the mean over the seeds)."""
+    typed = validate(cfg)  # every config error surfaces here, before any data is read
+    world, device = init_world(resolve_device(typed.trainer.device))  # one process, or a data-parallel rank
+    try:
+        return run_seeds(cfg, typed, world, device)
+    finally:
+        close_world(world)
+
+
+def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device, run_one: RunOne = train_one):
+    """Train the job's seeds, each with ``run_one(cfg, typed, world, device, trial)`` (``segsweep.run.train_one``),
+    record each seed's result in the trial, tell the trial the mean, and return it (a float, or a list per
+    objective)."""
+    link = TrialLink.from_config(typed.study) if world.is_main else NO_TRIAL  # NO_TRIAL outside a study
+    stage = link.record.stage
+    seeds = from_rank0([int(s) for s in link.record.seeds] if link.record.seeds else
                        search_seeds(typed.study, typed.trainer.seed))
     record = _Record(link, seeds, stage)
-    if link is not None:  # the label set, for the report's per-class table
-        link.set_attrs(labels=label_set(typed.data.labels, typed.data.eval_classes).to_dict())
+    link.set_attrs(labels=label_set(typed.data.labels, typed.data.eval_classes).to_dict())  # the report's classes
     max_iters = typed.trainer.max_iters
     single = len(seeds) == 1
     if single:
@@ -174,18 +181,16 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
         if seed != typed.trainer.seed:  # e.g. a confirmation trial's fresh seed
             cfg = _with(cfg, trainer__seed=seed)
             typed = validate(cfg)
-        sl = SeedLink(link, 0, max_iters, stage == "confirm", single=True) if link is not None else None
+        sl = SeedLink(link, 0, max_iters, stage == CONFIRM, single=True)
         out = run_one(cfg, typed, world, device, sl)
-        if link is not None:
-            out_dir = Path(typed.output_dir)
-            record.add(seed, _seed_result(out_dir, sl.values, sl.attrs.get("mlflow_run_id")))
+        if world.is_main:
+            record.add(seed, _seed_result(Path(typed.output_dir), sl.values, sl.attrs.get("mlflow_run_id")))
             link.complete(record.means())
         return out
 
     base = Path(from_rank0(typed.output_dir))
     parent = _JobRun(typed, base, seeds, stage) if world.is_main and typed.mlflow.enabled else None
-    if link is not None:
-        link.set_attrs(output_dir=str(base.resolve()), **({"mlflow_run_id": parent.run_id} if parent else {}))
+    link.set_attrs(output_dir=str(base.resolve()), **({"mlflow_run_id": parent.run_id} if parent else {}))
     status = "FAILED"
     try:
         for j, seed in enumerate(seeds):
@@ -205,32 +210,27 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
                 ckpt = Path(dead).parent / f"seed_{seed}" / "checkpoint.pt"
                 updates["study__resume_from"] = str(ckpt) if ckpt.exists() else None
             cfg_s = _with(cfg, **updates)
-            sl = SeedLink(link, j, max_iters, stage == "confirm", single=False) if link is not None else None
+            sl = SeedLink(link, j, max_iters, stage == CONFIRM, single=False)
             log.info("seed %d (%d of %d) in %s", seed, j + 1, len(seeds), seed_dir)
             out = run_one(cfg_s, validate(cfg_s), world, device, sl)
             if world.is_main:
-                values = sl.values if sl is not None else ([out] if isinstance(out, float) else list(out))
-                result = _seed_result(seed_dir, values, sl.attrs.get("mlflow_run_id") if sl else None)
+                values = sl.values if sl.values is not None else ([out] if isinstance(out, float) else list(out))
+                result = _seed_result(seed_dir, values, sl.attrs.get("mlflow_run_id"))
                 atomic_write(seed_dir / RESULT, json.dumps(result))
                 record.add(seed, result)
             if parent is not None:
                 parent.seed_done(seed, record)
         status = "FINISHED"
     except BaseException as e:
-        import optuna
-
-        from segsweep.engine.trainer import Preempted
-
-        status = "KILLED" if isinstance(e, (KeyboardInterrupt, optuna.TrialPruned, Preempted)) else "FAILED"
-        if parent is not None and isinstance(e, optuna.TrialPruned):
+        status = ending(e).mlflow_status
+        if parent is not None and ending(e).trial_state == "PRUNED":
             parent.writer.set_tags({"segsweep.trial_state": "PRUNED"})
         raise
     finally:
         if parent is not None:
             parent.close(status)
     means = from_rank0(record.means() if world.is_main else None)
-    if link is not None:
-        link.complete(means)
+    link.complete(means)
     return means[0] if isinstance(typed.objective, str) else means
 
 
@@ -238,22 +238,14 @@ class _JobRun:
     """The MLflow run of a job with several seeds: the seeds' runs are its children (reopened on a requeue)."""
 
     def __init__(self, typed: Config, base: Path, seeds: list[int], stage: str) -> None:
-        from segsweep.run import effective_params, job_tags
         from segsweep.tracking.mlflow_writer import MlflowWriter
 
         base.mkdir(parents=True, exist_ok=True)
         id_file = base / "mlflow_job_run_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else None
-        study = typed.study
-        name = typed.mlflow.run_name or (f"trial-{study.trial_number}" if study.parent_run_id else
-                                         f"{typed.loss.name}-{typed.weighting.method}-{typed.dataset_mix.name}-"
-                                         f"{secrets.token_hex(3)}")
+        name, tags = name_and_tags(typed, base)
         self.name = name
-        tags = {"segsweep.output_dir": str(base.resolve()), "segsweep.seeds": ",".join(map(str, seeds)),
-                "segsweep.stage": stage, **job_tags()}
-        if study.parent_run_id:
-            tags.update({"mlflow.parentRunId": study.parent_run_id, "segsweep.study": str(study.name),
-                         "segsweep.trial": str(study.trial_number)})
+        tags.update({"segsweep.seeds": ",".join(map(str, seeds)), "segsweep.stage": stage})
         self.writer = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, name, tags, run_id)
         self.run_id = self.writer.run_id
         if run_id is None:

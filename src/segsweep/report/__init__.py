@@ -6,11 +6,11 @@
 writes ``report.md`` and a self-contained ``report.html`` (figures embedded as base64 PNG) into ``--out`` (default:
 ``<sweep dir>/study_summary/`` for one study directory, beside the sweep's summary, ``./report/`` otherwise). The
 sweep writes the same files there (``segsweep.sweep.summary``) and logs them as ``study/report.*`` on the parent
-run. Every number comes from the trials' user attrs written by ``segsweep.seeds`` (``seed_values``, ``seed_iou``,
-``seed_monitors``) through ``segsweep.stats``, so anyone with the storage can recompute it: ``numbers`` builds
-them once (``build``), ``render`` lays them out (Markdown, HTML), ``record`` gives the study's MLflow tags. The
-verdict is drawn from the confirmation trials (fresh seeds, ``segsweep.sweep.confirm``) when the study has them,
-else from the search (and says so).
+run. Every number comes from the trials' records written by ``segsweep.seeds`` (``seed_values``, ``seed_iou``,
+``seed_monitors``: ``segsweep.sweep.record``) through ``segsweep.stats``, so anyone with the storage can recompute
+it: ``numbers`` builds them once (``build``), ``render`` lays them out (Markdown, HTML), ``parent_run_record``
+gives the study's MLflow tags. The verdict is drawn from the confirmation trials (fresh seeds,
+``segsweep.sweep.confirm``) when the study has them, else from the search (and says so).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import optuna
 
-from segsweep.report.numbers import StudyReport, build, fmt_ci, record
+from segsweep.report.numbers import StudyReport, build, fmt_ci, parent_run_record
 from segsweep.report.render import blocks, write_report
 
-__all__ = ["StudyReport", "blocks", "build", "fmt_ci", "main", "record", "write_report"]
+__all__ = ["StudyReport", "blocks", "build", "fmt_ci", "main", "parent_run_record", "write_report"]
 
 
 def _from_dir(path: Path) -> optuna.Study:

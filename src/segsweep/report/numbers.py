@@ -1,9 +1,9 @@
 """The numbers of a study report, computed once from the per-seed values stored in the study.
 
-``build`` reads each configuration's per-seed values, class IoUs and final split monitors from the trials' user
-attrs (written by ``segsweep.seeds``), ranks the configurations, pairs them with the baselines by seed, and
-draws the verdict (``segsweep.stats``); ``segsweep.report.render`` lays the result out, ``record`` turns it into
-the study's MLflow tags and metrics.
+``build`` reads each configuration's per-seed values, class IoUs and final split monitors from the trials'
+records (``segsweep.sweep.record``, written by ``segsweep.seeds``), ranks the configurations, pairs them with the
+baselines by seed, and draws the verdict (``segsweep.stats``); ``segsweep.report.render`` lays the result out,
+``parent_run_record`` turns it into the study's MLflow tags and metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from segsweep import metrics, stats
 from segsweep.sweep import confirm
+from segsweep.sweep.record import MIN_EFFECT, record
 
 PRETTY = {"loss.ce_weight": "α = {:.2f}", "loss.dice_weight": "β = {:.2f}",
           "dataset_mix.synthetic_loss_weight": "synthetic weight {:.2f}", "dataset_mix.real_ratio": "real ratio {:.2f}"}
@@ -64,12 +65,12 @@ class Result:
 def _result(c: confirm.Configuration, label: str) -> Result:
     iou, monitors = {}, {}
     for t in c.trials:
-        for k, v in (t.user_attrs.get("seed_iou") or {}).items():
+        for k, v in record(t).seed_iou.items():
             iou[int(k)] = v
-        for k, v in (t.user_attrs.get("seed_monitors") or {}).items():
+        for k, v in record(t).seed_monitors.items():
             monitors[int(k)] = v
-    panels = next((p for t in c.trials if t.user_attrs.get("output_dir")
-                   for p in sorted(Path(t.user_attrs["output_dir"]).glob("**/plots/val_panels.png"))), None)
+    dirs = [record(t).output_dir for t in c.trials]
+    panels = next((p for d in dirs if d for p in sorted(Path(d).glob("**/plots/val_panels.png"))), None)
     return Result(label, c.kind, describe(c.params, c.overrides), c.values, iou, monitors,
                   [t.number for t in c.trials], panels)
 
@@ -102,14 +103,14 @@ def _label_set(trials: list) -> tuple[list[str], set[str], str]:
     """Class names, rare classes and what the objective averages (the evaluated subset) from the trials'
     ``labels`` attr (written by segsweep.seeds); a study from before it: the order of the per-class IoUs."""
     for t in trials:
-        if lab := t.user_attrs.get("labels"):
+        if lab := record(t).labels:
             evaluated = lab.get("evaluated", lab["classes"])
             subset = "" if len(evaluated) == len(lab["classes"]) else \
                 f"the {len(evaluated)} classes of {lab.get('eval_name', 'data.eval_classes')}"
             return list(lab["classes"]), set(lab.get("rare", [])), subset
     names: dict[str, None] = {}
     for t in trials:
-        for iou in (t.user_attrs.get("seed_iou") or {}).values():
+        for iou in record(t).seed_iou.values():
             names.update(dict.fromkeys(iou))
     return list(names), set(), ""
 
@@ -128,7 +129,7 @@ def build(study: optuna.Study, min_effect: float | None = None) -> StudyReport:
         return r
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     names = study.metric_names
-    objective = study.user_attrs.get("objective") or (names[0] if names else metrics.MIOU)
+    objective = names[0] if names else metrics.MIOU
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in confirm.search_trials(study)) for s in TrialState}
     search = _rank([_result(c, f"trial {c.trials[0].number}") for c in confirm.group(confirm.search_trials(study))
@@ -138,7 +139,7 @@ def build(study: optuna.Study, min_effect: float | None = None) -> StudyReport:
     r = StudyReport(study.study_name, objective, maximize, counts, search, confirmed)
     r.classes, r.rare, r.evaluated = _label_set(trials)
     r.min_effect = float(min_effect if min_effect is not None else
-                         study.user_attrs.get("min_effect", stats.DEFAULT_MIN_EFFECT))
+                         study.user_attrs.get(MIN_EFFECT, stats.DEFAULT_MIN_EFFECT))
     pool = confirmed or search
     if not pool:
         r.answer = f"No complete trial yet in study {study.study_name!r}: nothing to report."
@@ -209,7 +210,7 @@ def _importances(study: optuna.Study, maximize: bool) -> dict[str, float]:
         return {}
 
 
-def record(r: StudyReport) -> tuple[dict[str, str], dict[str, float]]:
+def parent_run_record(r: StudyReport) -> tuple[dict[str, str], dict[str, float]]:
     """What the study's MLflow parent run says of its answer: tags naming the confirmed best configuration, and
     metrics to chart and compare across studies: per confirmed configuration its mean, std and 95 % CI bounds,
     and each paired difference to the reference with its interval (keys ``confirm/<label>/...``)."""

@@ -7,17 +7,13 @@ one of the search's), and the study's verdict (``segsweep.report``) is drawn fro
 
 They are trials of the same study (same storage, same MLflow parent run), enqueued with ``study.enqueue_trial``:
 one trial per (configuration, seed), so that they run side by side as separate jobs like any other trial. Each
-carries the user attrs
-
-- ``stage``: ``confirm`` (search trials have ``search``, or nothing when they predate this stage);
-- ``seeds``: ``[seed]``: the job trains this seed instead of the search's (``segsweep.seeds``), never pruned;
-- ``confirm_config``: the configuration's label (``top1``, ``top2``, ... or the baseline's name, ``+``-joined
-  when a baseline is also a top configuration); ``confirm_kind``: ``top``, ``baseline`` or ``top+baseline``;
-- ``confirm_id``: a hash of (params, overrides), and ``confirm_key`` = ``<confirm_id>@<seed>``: enqueueing
-  again skips the keys already in the study, so a resumed sweep never enqueues twice;
-- ``overrides``: Hydra overrides beyond the search space (a baseline's ``loss=ce``, ``dataset_mix=real_only``),
-  which the sweeper appends to the job's command line with ``merge_overrides``;
-- ``source_trials``: the search trials a top configuration was chosen from.
+carries, in its record (``segsweep.sweep.record``): ``stage`` = ``confirm``; ``seeds`` = ``[seed]`` (the job
+trains this seed instead of the search's, never pruned); its label ``confirm_config`` (``top1``, ``top2``, ... or
+the baseline's name, ``+``-joined when a baseline is also a top configuration) and ``confirm_kind``;
+``confirm_id``, a hash of (params, overrides), and ``confirm_key`` = ``<confirm_id>@<seed>``, so that enqueueing
+again skips the keys already in the study and a resumed sweep never enqueues twice; ``overrides``, the Hydra
+overrides beyond the search space (a baseline's ``loss=ce``), which the sweeper appends to the job's command line
+with ``merge_overrides``; ``source_trials``, the search trials a top configuration was chosen from.
 
 A baseline is ``{name: [overrides]}``; override keys that are search-space parameters become the trial's params,
 the others go to ``overrides``; search parameters it does not name take the study's configured defaults.
@@ -38,15 +34,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from segsweep.sweep.options import StudyConfig, study_options
+from segsweep.sweep.record import CONFIRM, attrs, record
 
 log = logging.getLogger(__name__)
-CONFIRM = "confirm"
-CARRIED_ATTRS = ("stage", "seeds", "confirm_config", "confirm_kind", "confirm_id", "confirm_key", "overrides",
-                 "source_trials")
 
 
 def is_confirm(t: FrozenTrial | optuna.Trial) -> bool:
-    return t.user_attrs.get("stage") == CONFIRM
+    return record(t).stage == CONFIRM
 
 
 def search_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
@@ -73,13 +67,6 @@ def confirm_trials(study: optuna.Study, states: Sequence[TrialState] | None = No
     return [t for t in study.get_trials(deepcopy=False, states=states) if is_confirm(t)]
 
 
-def retry_attrs(t: FrozenTrial) -> dict[str, Any]:
-    """User attrs a retry of trial ``t`` (interrupted, stale heartbeat) must carry so that it stays the same job:
-    a confirmation trial's stage, seed and overrides. Use: ``study.enqueue_trial(t.params, user_attrs={**retry_attrs(t),
-    "retry_of": t.number})``."""
-    return {k: t.user_attrs[k] for k in CARRIED_ATTRS if k in t.user_attrs}
-
-
 def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -99,7 +86,7 @@ def configuration_id(params: Mapping[str, Any], overrides: Sequence[str] = ()) -
 
 def seed_values(t: FrozenTrial) -> dict[int, float]:
     """A finished trial's value per seed (``seed_values``; a trial from before repeats: its value, seed unknown)."""
-    sv = t.user_attrs.get("seed_values")
+    sv = record(t).seed_values
     if sv:
         return {int(k): float(v) for k, v in sv.items()}
     if t.state == TrialState.COMPLETE and t.values:
@@ -131,11 +118,11 @@ def group(trials: Sequence[FrozenTrial]) -> list[Configuration]:
     for t in sorted(trials, key=lambda t: t.number):
         if t.state != TrialState.COMPLETE:
             continue
-        overrides = list(t.user_attrs.get("overrides") or [])
-        cid = t.user_attrs.get("confirm_id") or configuration_id(t.params, overrides)
-        c = out.setdefault(cid, Configuration(cid, dict(t.params), overrides,
-                                              label=t.user_attrs.get("confirm_config", ""),
-                                              kind=t.user_attrs.get("confirm_kind", "search")))
+        r = record(t)
+        overrides = list(r.overrides)
+        cid = r.confirm_id or configuration_id(t.params, overrides)
+        c = out.setdefault(cid, Configuration(cid, dict(t.params), overrides, label=r.confirm_config or "",
+                                              kind=r.confirm_kind or "search"))
         c.trials.append(t)
         c.values.update(seed_values(t))
     return list(out.values())
@@ -257,21 +244,20 @@ def enqueue_confirmation(study: optuna.Study, cfg: DictConfig, space: Mapping[st
     enqueued once more, with ``retry_of``)."""
     have: dict[str, list[FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False):
-        if "confirm_key" in t.user_attrs:
-            have.setdefault(t.user_attrs["confirm_key"], []).append(t)
+        if (key := record(t).confirm_key) is not None:
+            have.setdefault(key, []).append(t)
     n, labels = 0, set()
     for p in plan_confirmation(study, cfg, space, opts):
         for seed in p.seeds:
             key = f"{p.id}@{seed}"
             earlier = have.get(key, [])
-            if earlier and not all(t.state == TrialState.FAIL and "interrupted" in t.user_attrs for t in earlier):
+            if earlier and not all(t.state == TrialState.FAIL and record(t).interrupted for t in earlier):
                 continue
-            attrs = {"stage": CONFIRM, "seeds": [seed], "confirm_config": p.label, "confirm_kind": p.kind,
-                     "confirm_id": p.id, "confirm_key": key, "overrides": p.overrides,
-                     "source_trials": p.source_trials}
+            new = attrs(stage=CONFIRM, seeds=[seed], confirm_config=p.label, confirm_kind=p.kind, confirm_id=p.id,
+                        confirm_key=key, overrides=p.overrides, source_trials=p.source_trials)
             if earlier:
-                attrs["retry_of"] = max(t.number for t in earlier)
-            study.enqueue_trial(p.params, user_attrs=attrs, skip_if_exists=False)
+                new["retry_of"] = max(t.number for t in earlier)
+            study.enqueue_trial(p.params, user_attrs=new, skip_if_exists=False)
             n += 1
             labels.add(p.label)
     if n:

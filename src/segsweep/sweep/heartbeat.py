@@ -3,9 +3,9 @@
 whose job has not started yet, and any sweeper fails a RUNNING trial whose last beat is older than the grace
 period ("stale heartbeat": its job died without a word, or the sweeper died before the job started).
 
-A trial's ``job_state`` user attribute says who beats it: absent (the sweeper that asked it), ``running`` (its
-job), ``requeued`` (a preempted SLURM job waiting in the queue: nobody beats it and it is never called stale;
-the sweeper that launched it sees the job's end through submitit).
+A trial's ``job_state`` (its record, ``segsweep.sweep.record``) says who beats it: absent (the sweeper that asked
+it), ``running`` (its job), ``requeued`` (a preempted SLURM job waiting in the queue: nobody beats it and it is
+never called stale; the sweeper that launched it sees the job's end through submitit), ``ended`` (nobody).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from segsweep import compat
+from segsweep.sweep.record import attrs, record
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,13 @@ class StaleWatch:
         failed = []
         for tid in compat.stale_trial_ids(self.storage, study):
             t = self.storage.get_trial(tid)
-            if t.state != TrialState.RUNNING or t.user_attrs.get("job_state") == "requeued":
+            if t.state != TrialState.RUNNING or record(t).job_state == "requeued":
                 continue
             try:
-                self.storage.set_trial_user_attr(tid, "fail_reason", f"stale heartbeat: none for over {self.grace} s "
-                                                 "(the job died without a word, or its sweeper before it started)")
+                reason = (f"stale heartbeat: none for over {self.grace} s (the job died without a word, or its "
+                          "sweeper before it started)")
+                for k, v in attrs(fail_reason=reason).items():  # the trial's record, by trial id
+                    self.storage.set_trial_user_attr(tid, k, v)
                 if self.storage.set_trial_state_values(tid, state=TrialState.FAIL):
                     failed.append(self.storage.get_trial(tid))
             except optuna.exceptions.UpdateFinishedTrialError:

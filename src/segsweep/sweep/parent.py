@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from segsweep.sweep.record import record
 from segsweep.tracking.mlflow_writer import experiment_id, log_params, open_client, retry
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class StudyParentRun:
     def fail_children(self, trials: list[optuna.trial.FrozenTrial], reason: str) -> None:
         """Mark the MLflow runs of trials whose job died as FAILED, with the reason (they stay RUNNING otherwise)."""
         for t in trials:
-            if run_id := t.user_attrs.get("mlflow_run_id"):
+            if run_id := record(t).mlflow_run_id:
                 try:
                     retry(lambda run_id=run_id: self.client.set_tag(run_id, "segsweep.fail_reason", reason[:5000]))
                     retry(lambda run_id=run_id: self.client.set_terminated(run_id, status="FAILED"))
@@ -65,11 +66,10 @@ class StudyParentRun:
         each retry's run with the run it replaces (``segsweep.retry_of``)."""
         trials = study.get_trials(deepcopy=False)
         for t in trials:
-            old = t.user_attrs.get("retry_of")
-            new_run = t.user_attrs.get("mlflow_run_id")
+            old, new_run = record(t).retry_of, record(t).mlflow_run_id
             if old is None or not new_run or old >= len(trials):
                 continue
-            old_run = trials[old].user_attrs.get("mlflow_run_id")
+            old_run = record(trials[old]).mlflow_run_id
             try:
                 if old_run:
                     self.client.set_tag(old_run, "segsweep.retried_by", new_run)

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from segsweep import compat
+from segsweep.sweep.record import CONFIRM, SEARCH, record
 
 log = logging.getLogger("segsweep.sweep")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -36,10 +37,9 @@ def _value(v: object) -> str:
 def short_config(trial: FrozenTrial | optuna.Trial) -> str:
     """``ce_weight=0.63 synthetic_loss_weight=0.21 weighting=sqrt_inv_freq`` (the last part of each searched key),
     or a confirmation trial's configuration name and seed."""
-    attrs = trial.user_attrs
-    if "confirm_config" in attrs:
-        seeds = attrs.get("seeds") or []
-        return f"{attrs['confirm_config']} seed {seeds[0]}" if seeds else attrs["confirm_config"]
+    r = record(trial)
+    if r.confirm_config is not None:
+        return f"{r.confirm_config} seed {r.seeds[0]}" if r.seeds else r.confirm_config
     return " ".join(f"{k.rsplit('.', 1)[-1]}={_value(v)}" for k, v in trial.params.items())
 
 
@@ -50,11 +50,12 @@ def _duration(seconds: float) -> str:
 
 
 def stage_of(trial: FrozenTrial | optuna.Trial) -> str:
-    return "confirm" if trial.user_attrs.get("stage") == "confirm" else "search"
+    return CONFIRM if record(trial).stage == CONFIRM else SEARCH
 
 
 def launched_line(trial: optuna.Trial) -> str:
-    extra = "".join(f" {k}={trial.user_attrs[k]}" for k in ("enqueued", "retry_of") if k in trial.user_attrs)
+    r = record(trial)
+    extra = (" enqueued=True" if r.enqueued else "") + (f" retry_of={r.retry_of}" if r.retry_of is not None else "")
     return f"trial {trial.number} launched ({stage_of(trial)}): {short_config(trial)}{extra}"
 
 
@@ -69,7 +70,7 @@ def finished_line(t: FrozenTrial, objective: str) -> str:
         step = max(t.intermediate_values) if t.intermediate_values else None
         at = f" at step {step} ({t.intermediate_values[step]:.4f})" if step is not None else ""
         return f"{head} pruned{at}{took}: {short_config(t)}"
-    return f"{head} failed{took}: {str(t.user_attrs.get('fail_reason', 'no reason recorded'))[:200]}"
+    return f"{head} failed{took}: {str(record(t).fail_reason or 'no reason recorded')[:200]}"
 
 
 class StudyLine:
@@ -116,6 +117,6 @@ class StudyLine:
             return f"best {b.value:.4f} (trial {b.number})"
         means: dict[str, list[float]] = {}
         for t in complete:
-            means.setdefault(t.user_attrs.get("confirm_config", "?"), []).append(t.value)
+            means.setdefault(record(t).confirm_config or "?", []).append(t.value)
         label, values = (max if maximize else min)(means.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
         return f"best {label} {sum(values) / len(values):.4f} ({len(values)} seeds)"

@@ -21,6 +21,7 @@ import optuna.visualization.matplotlib as ovm  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from segsweep.data.plan import DOMAINS  # noqa: E402
 from segsweep.io import atomic_path  # noqa: E402
 from segsweep.sweep.confirm import (  # noqa: E402
     ENOUGH_FOR_SEARCH_PLOTS,
@@ -29,6 +30,7 @@ from segsweep.sweep.confirm import (  # noqa: E402
     search_trials,
 )
 from segsweep.sweep.progress import short_config  # noqa: E402
+from segsweep.sweep.record import record  # noqa: E402
 from segsweep.tracking.plots import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+CSV_RECORD = ("mlflow_run_id", "output_dir", "fail_reason", "enqueued", "retry_of")  # record fields in trials.csv
+
+
 def _write_csv(trials: list[FrozenTrial], names: list[str], path: Path) -> Path:
     params = sorted({k for t in trials for k in t.params})
     rows = []
@@ -56,11 +61,9 @@ def _write_csv(trials: list[FrozenTrial], names: list[str], path: Path) -> Path:
         dur = t.duration.total_seconds() if t.duration is not None else None
         rows.append({"number": t.number, "state": t.state.name, **dict(zip(names, values)),
                      **{k: t.params.get(k) for k in params}, "duration_s": dur,
-                     **{k: t.user_attrs.get(k) for k in ("mlflow_run_id", "output_dir", "fail_reason", "enqueued",
-                                                         "retry_of")}})
+                     **{k: getattr(record(t), k) for k in CSV_RECORD}})
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["number", "state", *names, *params, "duration_s", "mlflow_run_id",
-                                          "output_dir", "fail_reason", "enqueued", "retry_of"])
+        w = csv.DictWriter(f, fieldnames=["number", "state", *names, *params, "duration_s", *CSV_RECORD])
         w.writeheader()
         w.writerows(rows)
     return path
@@ -124,14 +127,14 @@ def _real_vs_synthetic(client: MlflowClient, trials: list[FrozenTrial], names: l
                        terms: tuple[str, ...], path: Path) -> Path | None:
     curves: dict[str, list] = {term: [] for term in terms}  # term -> [(trial, real, synthetic)]
     for t in trials:
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = record(t).mlflow_run_id
         if not run_id:
             continue
         for term in terms:
             try:
                 real, syn = ([(m.step, m.value) for m in sorted(client.get_metric_history(run_id, f"train/{term}_{d}"),
                                                                 key=lambda m: m.step)]
-                             for d in ("real", "synthetic"))
+                             for d in DOMAINS)
             except Exception as e:  # run deleted or in another store: note it, go on
                 log.warning("study summary: no metric history for trial %d (%s): %s", t.number, run_id, e)
                 break
@@ -187,10 +190,10 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
         client.log_artifact(parent_run_id, str(p), artifact_path=ARTIFACT_PATH)
 
     counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {record(t).retry_of for t in trials}
     tags = {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
             "n_fail": counts[TrialState.FAIL], "n_retried": sum(t.number in retried for t in trials),
-            "n_enqueued": sum(bool(t.user_attrs.get("enqueued")) for t in trials)}
+            "n_enqueued": sum(record(t).enqueued for t in trials)}
     if stop_reason:
         tags["stop_reason"] = stop_reason
     best: list[FrozenTrial] = []
@@ -199,7 +202,7 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
         # best configuration (its mean and interval: tags and metrics written with the report below)
         best = [b] if (b := best_search_trial(study)) is not None else []
         if b is not None:
-            tags.update(best_trial=b.number, best_value=b.value, best_run_id=b.user_attrs.get("mlflow_run_id", ""),
+            tags.update(best_trial=b.number, best_value=b.value, best_run_id=record(b).mlflow_run_id or "",
                         best_params=", ".join(f"{k}={_fmt(v)}" for k, v in b.params.items())[:5000])
             client.log_metric(parent_run_id, "search/best_value", float(b.value))
     elif complete:
@@ -210,18 +213,18 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
 
     best_numbers = {t.number for t in best}
     for t in complete:  # true on the best (or every Pareto) trial, false on the others: a resume moves it
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = record(t).mlflow_run_id
         if run_id:
             try:
                 client.set_tag(run_id, BEST_TAG, str(t.number in best_numbers).lower())
             except Exception as e:
                 log.warning("study summary: cannot tag trial %d run %s: %s", t.number, run_id, e)
     try:  # the study's verdict (segsweep.report): report.md and report.html here and on the parent run
-        from segsweep.report import build, record, write_report
+        from segsweep.report import build, parent_run_record, write_report
 
         report = build(study)  # once: its tags and metrics here, its files below
         if len(names) == 1:
-            answer_tags, metrics = record(report)
+            answer_tags, metrics = parent_run_record(report)
             for k, v in answer_tags.items():
                 client.set_tag(parent_run_id, k, v)
             if metrics:

@@ -47,12 +47,12 @@ from segsweep.sweep.confirm import (
     is_confirm,
     merge_overrides,
     pending,
-    retry_attrs,
 )
 from segsweep.sweep.heartbeat import StaleWatch
 from segsweep.sweep.options import study_options
 from segsweep.sweep.parent import StudyParentRun
 from segsweep.sweep.progress import StudyLine, finished_line, launched_line, quiet_launchers, short_config
+from segsweep.sweep.record import MIN_EFFECT, attrs, carried, record, write
 from segsweep.sweep.runner import Slots
 
 # Baselines are enqueued with their own values (loss.ce_weight=1.0 for plain CE), often outside the search range
@@ -81,9 +81,9 @@ def died_without_a_word(error: object) -> bool:
 def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
     """Numbers of trials that do not count towards ``n_trials``: failed ones evaluated again by a retry (or
     waiting for one: cut short by a stopped sweep), and surplus asks of concurrent sweepers."""
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {record(t).retry_of for t in trials}
     return {t.number for t in trials if t.state == TrialState.FAIL and (
-        t.number in retried or "interrupted" in t.user_attrs or t.user_attrs.get("surplus"))}
+        t.number in retried or record(t).interrupted or record(t).surplus)}
 
 
 def n_counted(study: optuna.Study) -> int:
@@ -146,8 +146,8 @@ class StudySweeper(Sweeper):
             self.watch = StaleWatch(storage, interval, self.opts.grace_period) if interval else None
             resumed, stale = self._recover(study)
             self._enqueue(study)
-            if study.user_attrs.get("min_effect") != self.opts.min_effect:
-                study.set_user_attr("min_effect", float(self.opts.min_effect))  # the report's margin
+            if study.user_attrs.get(MIN_EFFECT) != self.opts.min_effect:
+                study.set_user_attr(MIN_EFFECT, float(self.opts.min_effect))  # the report's margin
             if len(directions) > 1 and not isinstance(self.objective, str):
                 study.set_metric_names(list(self.objective))
             parent = StudyParentRun.open(self.config, study, storage, space, fixed, " ".join(sys.argv))
@@ -168,9 +168,10 @@ class StudySweeper(Sweeper):
             extra = [f"study.name={self.study_name}", f"study.storage='{storage}'",
                      f"study.trial_id={compat.trial_id(trial)}", f"study.trial_number={trial.number}",
                      f"study.parent_run_id={parent.run_id}"]
-            if resume := trial.user_attrs.get("resume_from"):
+            r = record(trial)
+            if resume := r.resume_from:
                 extra.append(f"study.resume_from='{resume}'")
-            return merge_overrides([*base, *extra], trial.user_attrs.get("overrides"))  # a baseline's loss=ce ...
+            return merge_overrides([*base, *extra], r.overrides)  # a baseline's loss=ce ...
 
         status, reason, interrupted = "FAILED", None, False
         try:
@@ -229,7 +230,7 @@ class StudySweeper(Sweeper):
                 if time.monotonic() - last_beat >= self.watch.interval:  # trials whose job has not started yet
                     last_beat = time.monotonic()
                     self.watch.beat(compat.trial_id(t) for t in slots.trials.values()
-                                    if "job_state" not in compat.stored_trial(study, compat.trial_id(t)).user_attrs)
+                                    if record(compat.stored_trial(study, compat.trial_id(t))).job_state is None)
             self._settle(study, parent, slots.returned(0))
             trials, total = self._stage(study, confirm)
             gone = superseded(trials)
@@ -263,8 +264,8 @@ class StudySweeper(Sweeper):
         gone = superseded(trials)
         before = sum(1 for t in trials if t.number < trial.number and t.number not in gone)
         if not is_confirm(trial) and before >= self.n_trials:  # another sweeper asked the last one at the same moment
-            trial.set_user_attr("surplus", True)
-            trial.set_user_attr("fail_reason", "surplus: the study had its n_trials (asked by two sweepers at once)")
+            write(trial, surplus=True,
+                  fail_reason="surplus: the study had its n_trials (asked by two sweepers at once)")
             tell_failed(study, trial)
             return
         job_overrides = overrides(trial)
@@ -294,13 +295,13 @@ class StudySweeper(Sweeper):
             error = ret if isinstance(ret, BaseException) else compat.job_error(ret)
             if frozen.state == TrialState.RUNNING:  # its job is over (requeues included) and told nothing
                 reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else "no result"
-                trial.set_user_attr("fail_reason", f"the job ended without a result: {reason}"[:2000])
+                write(trial, fail_reason=f"the job ended without a result: {reason}"[:2000])
                 tell_failed(study, trial)
                 frozen = compat.stored_trial(study, compat.trial_id(trial))
                 if died_without_a_word(error):
                     self._lost(study, parent, frozen)
                 else:  # the job's own exception (a config or data error): the same point would fail again
-                    parent.fail_children([frozen], frozen.user_attrs["fail_reason"])
+                    parent.fail_children([frozen], record(frozen).fail_reason)
             (log.warning if frozen.state == TrialState.FAIL else log.info)("%s", finished_line(
                 frozen, self.progress.objective))
             self._study_line(study)
@@ -312,24 +313,25 @@ class StudySweeper(Sweeper):
     def _lost(self, study: optuna.Study, parent: StudyParentRun, dead: FrozenTrial) -> None:
         """A trial whose job died: close its MLflow run FAILED, and queue its point again (resuming from its
         checkpoint when it left one) unless it was already retried ``study.max_retries`` times."""
-        parent.fail_children([dead], dead.user_attrs.get("fail_reason", "the job died"))
+        parent.fail_children([dead], record(dead).fail_reason or "the job died")
         self._retry(study, dead, "retry_count", self.opts.max_retries)
 
     @staticmethod
     def _retry(study: optuna.Study, dead: FrozenTrial, counter: str, limit: int) -> None:
-        count = int(dead.user_attrs.get(counter, 0))
+        count = int(getattr(record(dead), counter))
         if count >= limit:
             log.warning("trial %d not retried: it already is retry %d of %d", dead.number, count, limit)
             return
-        attrs: dict[str, Any] = {**retry_attrs(dead), "retry_of": dead.number, counter: count + 1}
-        ckpt = Path(dead.user_attrs.get("output_dir", "/nonexistent")) / "checkpoint.pt"
-        resume = str(ckpt) if ckpt.exists() else dead.user_attrs.get("resume_from")
+        new = attrs(**carried(dead), retry_of=dead.number, **{counter: count + 1})
+        r = record(dead)
+        ckpt = Path(r.output_dir or "/nonexistent") / "checkpoint.pt"
+        resume = str(ckpt) if ckpt.exists() else r.resume_from
         if resume:
-            attrs["resume_from"] = resume
+            new["resume_from"] = resume
         log.info("trial %d queued again%s", dead.number, f", from {resume}" if resume else "")
         # as optuna's RetryFailedTrialCallback: the dead trial's system attrs go along (GridSampler's grid_id)
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=dead.params, distributions=dead.distributions, user_attrs=attrs,
+            state=TrialState.WAITING, params=dead.params, distributions=dead.distributions, user_attrs=new,
             system_attrs={**dead.system_attrs, "fixed_params": dead.params}))
 
     # ---- start ----------------------------------------------------------------------------------------------
@@ -337,7 +339,7 @@ class StudySweeper(Sweeper):
     def _enqueue(self, study: optuna.Study) -> None:
         """``study.enqueue``: hand-picked points, evaluated before the sampler's (once per study)."""
         for point in self.opts.enqueue or []:
-            study.enqueue_trial(dict(point), user_attrs={"enqueued": True}, skip_if_exists=True)
+            study.enqueue_trial(dict(point), user_attrs=attrs(enqueued=True), skip_if_exists=True)
 
     def _recover(self, study: optuna.Study) -> tuple[bool, list[FrozenTrial]]:
         """Re-attach to a study: trials left RUNNING are waited for while their heartbeat is fresh (one beat now
@@ -349,18 +351,17 @@ class StudySweeper(Sweeper):
         failed: list[FrozenTrial] = []
         if running and self.watch is not None:
             log.info("re-attaching to %d running trial(s): %s", len(running), [t.number for t in running])
-            self.watch.beat(compat.trial_id(t) for t in running if "job_state" not in t.user_attrs)
+            self.watch.beat(compat.trial_id(t) for t in running if record(t).job_state is None)
         elif running:
             log.warning("failing %d trial(s) left RUNNING (no heartbeats to tell whether they live)", len(running))
             for t in running:
                 trial = optuna.trial.Trial(study, compat.trial_id(t))
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted: the sweep stopped while it ran")
+                write(trial, interrupted=True, fail_reason="interrupted: the sweep stopped while it ran")
                 tell_failed(study, trial)
             failed = [compat.stored_trial(study, compat.trial_id(t)) for t in running]
-        retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+        retried = {record(t).retry_of for t in study.get_trials(deepcopy=False)}
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if "interrupted" in t.user_attrs and t.number not in retried:
+            if record(t).interrupted and t.number not in retried:
                 self._retry(study, t, "interrupt_count", 1_000_000)
         if study.trials and hasattr(self.sampler, "reseed_rng"):
             self.sampler.reseed_rng()  # a resumed seeded sampler would otherwise propose its first points again

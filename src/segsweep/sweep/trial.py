@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import optuna
 from hydra.utils import instantiate
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 from segsweep import compat
 from segsweep.sweep.heartbeat import JobHeartbeat
 from segsweep.sweep.options import StudyConfig
+from segsweep.sweep.record import TrialRecord, attrs, ending, record, write
 
 log = logging.getLogger("segsweep")
 
@@ -34,7 +36,23 @@ def build_pruner(cfg) -> optuna.pruners.BasePruner:
     return instantiate(cfg, _execution_whitelist_="optuna.pruners.*")
 
 
+class Trial(Protocol):
+    """The trial as a training run sees it: a study's (``TrialLink``), a seed's share of it (segsweep.seeds.SeedLink),
+    or a plain run's (``NO_TRIAL``)."""
+
+    def set_attrs(self, **values: Any) -> None: ...
+
+    def report(self, step: int, value: float) -> None: ...  # raises optuna.TrialPruned when the pruner says stop
+
+    def complete(self, values: Sequence[float]) -> None: ...
+
+    def end(self, error: BaseException) -> None: ...
+
+
 class TrialLink:
+    """The job's side of its trial: it beats it, records what it trains and finds, reports intermediate values
+    (the pruner answers), and tells how it ended."""
+
     def __init__(self, cfg: StudyConfig) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.load_study(study_name=cfg.name, storage=cfg.storage, pruner=build_pruner(cfg.pruner))
@@ -49,21 +67,23 @@ class TrialLink:
             if cfg.heartbeat_interval else None
         if self.heartbeat is not None:
             self.heartbeat.start()
-        self.trial.set_user_attr("job_state", "running")
-        self.trial.set_user_attr("job_host", socket.gethostname())
-        self.trial.set_user_attr("job_pid", os.getpid())  # to find (or kill) the job's process
+        write(self.trial, job_state="running", job_host=socket.gethostname(), job_pid=os.getpid())
         # Optuna has no intermediate values for multi-objective studies, so those are never pruned.
         self.prunable = len(self.study.directions) == 1
 
-    @classmethod
-    def from_config(cls, cfg: StudyConfig) -> TrialLink | None:
-        return cls(cfg) if cfg.trial_id is not None else None
+    @staticmethod
+    def from_config(cfg: StudyConfig) -> TrialLink | NoTrial:
+        """The job's trial; a plain run (no ``study.trial_id``) gets one that records nothing and never prunes."""
+        return TrialLink(cfg) if cfg.trial_id is not None else NO_TRIAL
 
-    def set_attrs(self, **attrs: str) -> None:
-        for k, v in attrs.items():
-            self.trial.set_user_attr(k, v)
-        if "preempted_at" in attrs:  # checkpointed for a requeue: silent until the requeued job starts
-            self.trial.set_user_attr("job_state", "requeued")
+    @property
+    def record(self) -> TrialRecord:
+        return record(self.trial)
+
+    def set_attrs(self, **values) -> None:
+        write(self.trial, **values)
+        if "preempted_at" in values:  # checkpointed for a requeue: silent until the requeued job starts
+            write(self.trial, job_state="requeued")
             self._stop_beating()
 
     def _stop_beating(self) -> None:
@@ -80,19 +100,44 @@ class TrialLink:
 
     def complete(self, values: Sequence[float]) -> None:
         self._stop_beating()
+        write(self.trial, job_state="ended")
         self.study.tell(self.trial, list(values))
 
-    def pruned(self) -> None:
+    def end(self, error: BaseException) -> None:
+        """Tell the trial how the job ended by ``error`` (``segsweep.sweep.record.ending``): PRUNED; left RUNNING
+        for a requeued job; FAIL with the reason, marked interrupted for a stopped sweep (re-run on resume)."""
+        state = ending(error).trial_state
+        if state == "REQUEUED":
+            return  # set_attrs(preempted_at=...) handed the trial to the requeued job
         self._stop_beating()
-        self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-
-    def failed(self, error: BaseException) -> None:
-        """FAIL with the error; a stopped sweep (Ctrl-C) marks the trial interrupted: re-queued on resume."""
+        write(self.trial, job_state="ended")
+        if state == "PRUNED":
+            self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
+            return
         if isinstance(error, KeyboardInterrupt):
-            self.trial.set_user_attr("interrupted", True)
-            reason = "interrupted: the sweep was stopped"
+            write(self.trial, interrupted=True, fail_reason="interrupted: the sweep was stopped")
         else:
-            reason = f"{type(error).__name__}: {error}"
-        self._stop_beating()
-        self.trial.set_user_attr("fail_reason", reason[:2000])
+            write(self.trial, fail_reason=f"{type(error).__name__}: {error}"[:2000])
         self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL)
+
+
+class NoTrial:
+    """The trial of a plain run: nothing is recorded, nothing pruned (no ``None`` checks on the way)."""
+
+    record = TrialRecord()
+    number = None
+
+    def set_attrs(self, **values) -> None:
+        attrs(**values)  # the same names as a real trial's, checked
+
+    def report(self, step: int, value: float) -> None:
+        pass
+
+    def complete(self, values: Sequence[float]) -> None:
+        pass
+
+    def end(self, error: BaseException) -> None:
+        pass
+
+
+NO_TRIAL = NoTrial()

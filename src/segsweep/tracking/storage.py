@@ -15,7 +15,7 @@ import time
 import torch
 
 from segsweep.engine.distributed import all_reduce_
-from segsweep.losses import LossOutput
+from segsweep.losses import LossOutput, weighted_total
 
 
 class MetricAccumulator:
@@ -74,7 +74,7 @@ class MetricAccumulator:
             raise FloatingPointError(f"loss is not finite at iteration {int(bad_iter)}: {detail}")
         nums, dens, msums, mcounts = sums[:t], sums[t: 2 * t], sums[2 * t: 2 * t + m], sums[2 * t + m:]
         metrics = {k: (nums[i] / dens[i] if dens[i] > 0 else 0.0) for i, k in enumerate(self.terms)}
-        metrics = {"loss": sum(self.weights[k] * v for k, v in metrics.items()), **metrics}
+        metrics = {"loss": weighted_total(self.weights, metrics), **metrics}  # the step's formula, on the means
         for name, total, count in zip(self.monitor_keys, msums, mcounts):
             if count > 0 and math.isfinite(total):  # absent when the domain had no (finite) sample
                 metrics[name] = total / count

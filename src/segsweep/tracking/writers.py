@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
+from segsweep.data.plan import DOMAINS
 from segsweep.io import atomic_write
 
 log = logging.getLogger("segsweep")
@@ -45,7 +46,7 @@ class ConsoleWriter:
     SHORT = {"real": "real", "synthetic": "syn"}
 
     def __init__(self, max_iters: int, terms: list[str] | None = None,
-                 groups: tuple[str, ...] = ("real", "synthetic")) -> None:
+                 groups: tuple[str, ...] = DOMAINS) -> None:
         self.max_iters, self.terms, self.groups = max_iters, terms, groups
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
