@@ -162,9 +162,10 @@ def test_straddling_the_margin_is_undecided_with_the_seeds_that_would_decide():
     n = next(n for n in range(2, 101) if sps.t.ppf(0.975, n - 1) * 0.004 / math.sqrt(n) < 0.006)
     assert v.seeds == n == 5
     assert "~5 seeds" in v.describe()
-    # the README's example measured on two machines (+0.0054, CI [-0.0224, +0.0332] and +0.0137, CI [+0.0080,
-    # +0.0194]): both straddle the 0.01 margin, so both verdicts are "undecided", whatever the p-values said
-    for mean, lo, hi in ((0.0054, -0.0224, 0.0332), (0.0137, 0.0080, 0.0194)):
+    # the embedded example's combined_sqrt - weighted_ce, measured three times (docs/studies.md: +0.0054
+    # [-0.0224, +0.0332], +0.0137 [+0.0080, +0.0194], +0.0142 [-0.0169, +0.0453]): each straddles the 0.01 margin,
+    # so each verdict is "undecided", whatever the p-values said
+    for mean, lo, hi in ((0.0054, -0.0224, 0.0332), (0.0137, 0.0080, 0.0194), (0.0142, -0.0169, 0.0453)):
         sd = (hi - lo) / 2 / 4.302652729911275 * math.sqrt(3)
         measured = stats.Paired(3, mean, sd, lo, hi, math.nan, math.nan, "t")
         assert stats.verdict(measured, 0.01).kind == stats.UNDECIDED
