@@ -138,7 +138,9 @@ def test_a_restarted_sweeper_reattaches_to_live_jobs_and_retries_a_dead_one(tmp_
     # 2 SLURM jobs run; the sweeper is SIGKILLed, then one job's training step too (after its first checkpoint).
     # The same command again must wait for the live job's trial (not fail it), fail the dead one by its stale
     # heartbeat and retry it from its checkpoint, alongside the live one: each trial COMPLETE once.
-    extra = ("hydra.sweeper.n_trials=3", "trainer.max_iters=450", "trainer.checkpoint_every=10", "data.num_workers=1",
+    # trial 1 must outlive the restart + the 5 s grace + the retry's ask: 900 iterations leave it ~1 min of margin
+    # on a loaded 2-core machine (450 left a few seconds, and once too few)
+    extra = ("hydra.sweeper.n_trials=3", "trainer.max_iters=900", "trainer.checkpoint_every=10", "data.num_workers=1",
              "study.heartbeat_interval=1", "study.grace_period=5",
              "study.enqueue=[{loss.ce_weight:0.6,dataset_mix.synthetic_loss_weight:0.5}]")
     proc = start_study(tmp_path, *extra)
