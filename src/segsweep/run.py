@@ -28,6 +28,7 @@ from segsweep.engine.optim import build_optimizer, build_scheduler
 from segsweep.engine.preemption import StopSignals
 from segsweep.engine.trainer import Preempted, TrainState, train
 from segsweep.infer import val_panels
+from segsweep.io import atomic_write
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import build_model, check_outputs
 from segsweep.sweep.record import ending
@@ -135,8 +136,8 @@ def train_one(cfg: DictConfig, typed: Config, world: World, device: torch.device
     resolved = out_dir / "config_resolved.yaml"
     if main:
         log.info("class weights (%s, source: %s):\n%s", typed.weighting.method, typed.weighting.source, table)
-        (out_dir / "class_weights.txt").write_text(table + "\n")
-        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(out_dir / "class_weights.txt", table + "\n")
+        atomic_write(resolved, OmegaConf.to_yaml(cfg, resolve=True))
 
     model = model.to(device)
     if typed.trainer.channels_last:
@@ -173,8 +174,8 @@ def train_one(cfg: DictConfig, typed: Config, world: World, device: torch.device
     status, result, stop, preempted = "FAILED", None, StopSignals(), False
     try:
         with stop:
-            result = train(state, train_loader, val_loader, typed.trainer, device, writers, labels, on_eval,
-                           checkpoint if main else None, stop, world)
+            result = train(state, train_loader, val_loader, typed.trainer, device, writers, labels,
+                           on_eval if main else None, checkpoint if main else None, stop, world)
         status = "FINISHED"
     except BaseException as e:
         status = ending(e).mlflow_status

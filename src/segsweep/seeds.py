@@ -169,9 +169,9 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
     record each seed's result in the trial, tell the trial the mean, and return it (a float, or a list per
     objective)."""
     link = TrialLink.from_config(typed.study) if world.is_main else NO_TRIAL  # NO_TRIAL outside a study
-    stage = link.record.stage
-    seeds = from_rank0([int(s) for s in link.record.seeds] if link.record.seeds else
-                       search_seeds(typed.study, typed.trainer.seed))
+    rec = link.record  # one read of the stored trial
+    stage = rec.stage
+    seeds = from_rank0([int(s) for s in rec.seeds] if rec.seeds else search_seeds(typed.study, typed.trainer.seed))
     record = _Record(link, seeds, stage)
     link.set_attrs(labels=label_set(typed.data.labels, typed.data.eval_classes).to_dict())  # the report's classes
     max_iters = typed.trainer.max_iters
@@ -212,18 +212,18 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
             cfg_s = _with(cfg, **updates)
             sl = SeedLink(link, j, max_iters, stage == CONFIRM, single=False)
             log.info("seed %d (%d of %d) in %s", seed, j + 1, len(seeds), seed_dir)
-            out = run_one(cfg_s, validate(cfg_s), world, device, sl)
+            run_one(cfg_s, validate(cfg_s), world, device, sl)
             if world.is_main:
-                values = sl.values if sl.values is not None else ([out] if isinstance(out, float) else list(out))
-                result = _seed_result(seed_dir, values, sl.attrs.get("mlflow_run_id"))
+                result = _seed_result(seed_dir, sl.values, sl.attrs.get("mlflow_run_id"))  # told by run_one
                 atomic_write(seed_dir / RESULT, json.dumps(result))
                 record.add(seed, result)
             if parent is not None:
                 parent.seed_done(seed, record)
         status = "FINISHED"
     except BaseException as e:
-        status = ending(e).mlflow_status
-        if parent is not None and ending(e).trial_state == "PRUNED":
+        end = ending(e)
+        status = end.mlflow_status
+        if parent is not None and end.trial_state == "PRUNED":
             parent.writer.set_tags({"segsweep.trial_state": "PRUNED"})
         raise
     finally:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from segsweep.data.plan import DOMAINS  # noqa: E402
-from segsweep.io import atomic_path  # noqa: E402
+from segsweep.io import atomic_path, atomic_write  # noqa: E402
 from segsweep.sweep.confirm import (  # noqa: E402
     ENOUGH_FOR_SEARCH_PLOTS,
     best_search_trial,
@@ -179,7 +179,7 @@ def write_study_summary(study: optuna.Study, client: MlflowClient, parent_run_id
 
     paths = [_write_csv(trials, names, out_dir / "trials.csv")]
     if stop_reason:
-        (out_dir / "stop_reason.txt").write_text(stop_reason + "\n")
+        atomic_write(out_dir / "stop_reason.txt", stop_reason + "\n")
         paths.append(out_dir / "stop_reason.txt")
     if plots:  # mlflow.plots=false: no Optuna plots, no curves (the tables, tags and report stay)
         paths += _optuna_plots(study, complete, names, out_dir)

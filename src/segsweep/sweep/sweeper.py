@@ -81,9 +81,10 @@ def died_without_a_word(error: object) -> bool:
 def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
     """Numbers of trials that do not count towards ``n_trials``: failed ones evaluated again by a retry (or
     waiting for one: cut short by a stopped sweep), and surplus asks of concurrent sweepers."""
-    retried = {record(t).retry_of for t in trials}
+    records = {t.number: record(t) for t in trials}
+    retried = {r.retry_of for r in records.values()}
     return {t.number for t in trials if t.state == TrialState.FAIL and (
-        t.number in retried or record(t).interrupted or record(t).surplus)}
+        t.number in retried or records[t.number].interrupted or records[t.number].surplus)}
 
 
 def n_counted(study: optuna.Study) -> int:
@@ -318,12 +319,12 @@ class StudySweeper(Sweeper):
 
     @staticmethod
     def _retry(study: optuna.Study, dead: FrozenTrial, counter: str, limit: int) -> None:
-        count = int(getattr(record(dead), counter))
+        r = record(dead)
+        count = int(getattr(r, counter))
         if count >= limit:
             log.warning("trial %d not retried: it already is retry %d of %d", dead.number, count, limit)
             return
         new = attrs(**carried(dead), retry_of=dead.number, **{counter: count + 1})
-        r = record(dead)
         ckpt = Path(r.output_dir or "/nonexistent") / "checkpoint.pt"
         resume = str(ckpt) if ckpt.exists() else r.resume_from
         if resume:
