@@ -289,6 +289,9 @@ class MlflowConfig:
     experiment_name: str = "segsweep"
     run_name: str | None = None
     plots: bool = True  # the run's figures and the study summary's plots (matplotlib: ~2 s a run, ~10 s a study)
+    # Reach the store before training and stop in seconds when it does not answer (a study's sweeper checks it
+    # for its jobs). false: train anyway; what the store missed waits for `python -m segsweep.sync <run dir>`.
+    preflight: bool = True
 
 
 @dataclass

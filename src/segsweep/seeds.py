@@ -44,6 +44,7 @@ from segsweep.data.labels import label_set
 from segsweep.engine.distributed import World, close_world, from_rank0, init_world
 from segsweep.io import atomic_write
 from segsweep.run import resolve_device, train_one
+from segsweep.stores import check_mlflow
 from segsweep.sweep.options import StudyConfig
 from segsweep.sweep.record import CONFIRM, ending
 from segsweep.sweep.trial import NO_TRIAL, NoTrial, TrialLink
@@ -157,6 +158,8 @@ def run(cfg: DictConfig) -> float | list[float]:
     """One job (``python train.py``; in a study, one trial): validate the config, join the data-parallel group if
     there is one, train the job's seeds; returns the objective (the mean over the seeds)."""
     typed = validate(cfg)  # every config error surfaces here, before any data is read
+    if typed.mlflow.preflight and typed.study.trial_id is None:  # a study's sweeper checked it for its trials:
+        check_mlflow(typed.mlflow.enabled, typed.mlflow.tracking_uri)  # a blink then must not cost one
     world, device = init_world(resolve_device(typed.trainer.device))  # one process, or a data-parallel rank
     try:
         return run_seeds(cfg, typed, world, device)

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from segsweep import compat
+from segsweep.checks import ConfigError
 from segsweep.io import file_lock
 from segsweep.sweep.confirm import (
     best_search_trial,
@@ -51,6 +52,7 @@ from segsweep.sweep.confirm import (
 from segsweep.sweep.heartbeat import StaleWatch
 from segsweep.sweep.options import study_options
 from segsweep.sweep.parent import StudyParentRun
+from segsweep.sweep.preflight import check_study, commonest_failure
 from segsweep.sweep.progress import StudyLine, finished_line, launched_line, quiet_launchers, short_config
 from segsweep.sweep.record import MIN_EFFECT, attrs, carried, record, write
 from segsweep.sweep.runner import Slots
@@ -112,7 +114,7 @@ class StudySweeper(Sweeper):
         self.params = params
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
+        self.config, self.config_loader = config, hydra_context.config_loader
         self.stock.setup(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
@@ -137,8 +139,14 @@ class StudySweeper(Sweeper):
             grid = {k: compat.grid_choices(d) for k, d in space.items()}
             sampler = sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or f"sqlite:///{self.sweep_dir.resolve()}/optuna.db"
+        try:  # once, before any store is written or any job launched: the stores, the trials' common config
+            check_study(self.config, self.config_loader, storage,
+                        [*fixed_overrides, *(f"{k}={v}" for k, v in fixed.items())], space, self.sweep_dir)
+        except ConfigError as e:
+            log.error("study not started: %s", e)
+            raise SystemExit(1) from None
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         directions = self.stock.directions()
         with self._lock():  # a second sweeper started at the same moment finds the study and the parent run
             study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
@@ -174,15 +182,13 @@ class StudySweeper(Sweeper):
                 extra.append(f"study.resume_from='{resume}'")
             return merge_overrides([*base, *extra], r.overrides)  # a baseline's loss=ce ...
 
-        status, reason, interrupted = "FAILED", None, False
+        status, reason, interrupted, failing = "FAILED", None, False, False
         try:
             reason = self._run(study, slots, parent, overrides, confirm=False)
             if reason.startswith("n_trials reached") and self._confirmation(study, space):
                 reason = f"{reason}; confirmation stage: {self._run(study, slots, parent, overrides, confirm=True)}"
-            status = "FINISHED"
-            if "max_failure_rate" in reason:
-                status = "FAILED"
-                raise RuntimeError(f"{reason}; see the trials' fail_reason in {storage}")
+            failing = "max_failure_rate" in reason
+            status = "FAILED" if failing else "FINISHED"
         except KeyboardInterrupt:
             status, reason, interrupted = "KILLED", "interrupted (Ctrl-C); the same command resumes the study", True
         finally:
@@ -193,6 +199,11 @@ class StudySweeper(Sweeper):
             log.warning("study interrupted (Ctrl-C); the same command resumes it%s",
                         f" (and re-attaches to trials {running} if their jobs live on)" if running else "")
             raise SystemExit(130)
+        if failing:  # one line: the rate, and what most failed trials had in common
+            failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if t.number not in superseded(study.get_trials(deepcopy=False))]
+            log.error("study stopped: %s; commonest fail reason: %s", reason, commonest_failure(failed))
+            raise SystemExit(1)
         for k, part in enumerate((reason or "").split("; ")):  # one line each: the search, the confirmation
             log.info("%s%s", "study stopped: " if k == 0 else "  ", part)
         self._log_best(study)
