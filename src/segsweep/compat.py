@@ -91,6 +91,14 @@ def stale_trial_ids(storage: Any, study: Any) -> list[int]:
     return storage._get_stale_trial_ids(study._study_id)
 
 
+def cached_storage(rdb: Any) -> Any:
+    """Optuna's cache over an RDB storage (what ``optuna.create_study(storage=url)`` builds from a URL): finished
+    trials are read from the database once."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    return _CachedStorage(rdb)
+
+
 # ---- torch ---------------------------------------------------------------------------------------------------
 
 def stop_loader_workers(loader: Any) -> None:
@@ -139,8 +147,13 @@ def missing() -> list[str]:
             gone.append(f"optuna {type(obj).__name__}.{name}")
     if not hasattr(RDBStorage, "_get_stale_trial_ids"):
         gone.append("optuna.storages.RDBStorage._get_stale_trial_ids")
+    try:
+        from optuna.storages._cached_storage import _CachedStorage  # noqa: F401
+    except ImportError:
+        gone.append("optuna.storages._cached_storage._CachedStorage")
     from torch.utils.data import dataloader
 
     if not hasattr(dataloader._MultiProcessingDataLoaderIter, "_shutdown_workers"):
         gone.append("torch.utils.data.dataloader._MultiProcessingDataLoaderIter._shutdown_workers")
     return gone
+

@@ -31,6 +31,7 @@ from segsweep.infer import val_panels
 from segsweep.io import atomic_write
 from segsweep.losses import SegmentationCriterion
 from segsweep.models import build_model, check_outputs
+from segsweep.stores import redact
 from segsweep.sweep.record import ending
 from segsweep.sweep.trial import NO_TRIAL, Trial
 from segsweep.tracking import plots
@@ -161,7 +162,8 @@ def train_one(cfg: DictConfig, typed: Config, world: World, device: torch.device
             mlflow = _open_mlflow(typed, out_dir, resolved,
                                   resumed.get("mlflow_run_id") if resumed and source == ckpt_path else None, world)
             writers.append(mlflow)
-        trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow else {}))
+        trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow and
+                                                               mlflow.run_id else {}))
 
     names = objective_names(typed)
 
@@ -201,7 +203,10 @@ def train_one(cfg: DictConfig, typed: Config, world: World, device: torch.device
             for path in figures:
                 mlflow.log_artifact(path, "plots")
             mlflow.log_artifact(out_dir / "metrics.jsonl")
+            late = mlflow.run_id is None  # the store was away when the run started
             mlflow.close(status)
+            if late and mlflow.run_id:
+                trial.set_attrs(mlflow_run_id=mlflow.run_id)
         if preempted:
             stop.hand_over()  # submitit requeues the job; otherwise the signal ends the process
 
@@ -222,12 +227,14 @@ def _open_mlflow(typed: Config, out_dir: Path, resolved: Path, run_id: str | Non
     """The run's MLflow run: a new one, a sweep trial's child of the study run, or the resumed ``run_id``."""
     run_name, tags = name_and_tags(typed, out_dir)
     tags["segsweep.world_size"] = str(world.size)
-    mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id)
+    mlflow = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, run_name, tags, run_id,
+                          out_dir=out_dir, mirror="metrics.jsonl")
     if run_id is None:  # params are immutable: a resumed run keeps those it logged
         mlflow.log_params(effective_params(typed))
         mlflow.log_artifact(resolved)
         mlflow.log_artifact(out_dir / "class_weights.txt")
-    log.info("MLflow run %s in %s", mlflow.run_id, typed.mlflow.tracking_uri)
+    if mlflow.run_id:
+        log.info("MLflow run %s in %s", mlflow.run_id, redact(typed.mlflow.tracking_uri))
     return mlflow
 
 

@@ -207,7 +207,9 @@ def run_seeds(cfg: DictConfig, typed: Config, world: World, device: torch.device
                 continue
             updates = {"trainer__seed": seed, "output_dir": str(seed_dir)}
             if parent is not None:
-                updates.update(study__parent_run_id=parent.run_id, mlflow__run_name=f"{parent.name}-seed-{seed}")
+                updates["mlflow__run_name"] = f"{parent.name}-seed-{seed}"
+                if parent.run_id:
+                    updates["study__parent_run_id"] = parent.run_id
             dead = getattr(typed.study, "resume_from", None)  # a retried trial (segsweep.sweep's heartbeats):
             if dead:  # this seed's checkpoint in the dead job's directory
                 ckpt = Path(dead).parent / f"seed_{seed}" / "checkpoint.pt"
@@ -249,13 +251,15 @@ class _JobRun:
         name, tags = name_and_tags(typed, base)
         self.name = name
         tags.update({"segsweep.seeds": ",".join(map(str, seeds)), "segsweep.stage": stage})
-        self.writer = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, name, tags, run_id)
-        self.run_id = self.writer.run_id
+        self.writer = MlflowWriter(typed.mlflow.tracking_uri, typed.mlflow.experiment_name, name, tags, run_id,
+                                   out_dir=base)
+        self.run_id = self.writer.run_id  # None while the store is away: the seeds' runs are then not nested
         if run_id is None:
             params = effective_params(typed)
             params["trainer.seed"] = ",".join(map(str, seeds))
             self.writer.log_params(params)
-            atomic_write(id_file, self.run_id)
+            if self.run_id:
+                atomic_write(id_file, self.run_id)
 
     def seed_done(self, seed: int, record: _Record) -> None:
         from segsweep import stats

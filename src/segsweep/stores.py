@@ -33,31 +33,35 @@ def redact(uri: str) -> str:
     if parts.password is None:
         return uri
     host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def _fail(key: str, uri: str, cause: object) -> StoreError:
     return StoreError(f"config key '{key}': cannot reach {redact(uri)}: {cause}")
 
 
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (None for an in-memory one)."""
-    path = uri.split(":///", 1)[1].split("?", 1)[0] if ":///" in uri else ""
+def sqlite_path(tracking_uri: str | None) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or absolute); None for other stores and in-memory ones."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
 
 
 def check_writable(key: str, uri: str, path: Path) -> None:
     """The SQLite database (or any file) ``path`` can be written: an existing database takes a write lock, the
-    folder of a new one takes a file. Tried, not ``os.access``: root passes every permission check, not a
-    read-only file system."""
+    nearest existing folder of a new one takes a file. Tried, not ``os.access``: root passes every permission
+    check, not a read-only file system."""
     try:
         if path.is_file():
             with contextlib.closing(sqlite3.connect(path, timeout=TIMEOUT_S)) as db:
                 db.execute("BEGIN IMMEDIATE")
                 db.rollback()
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".segsweep-write-test-"):
+        folder = path.parent
+        while not folder.exists():  # the nearest folder there is: nothing is created by a check
+            folder = folder.parent
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".segsweep-write-test-"):
             pass
     except (OSError, sqlite3.Error) as e:
         raise StoreError(f"config key '{key}': cannot write {path} ({redact(uri)}): "
@@ -99,7 +103,7 @@ def check_uri(key: str, uri: str) -> None:
     """One store: SQLite (a writable file), an MLflow server (http[s]), or a database server."""
     scheme = urlsplit(uri).scheme.split("+", 1)[0]
     if scheme == "sqlite":
-        if (path := sqlite_file(uri)) is not None:
+        if (path := sqlite_path(uri)) is not None:
             check_writable(key, uri, path)
     elif scheme in ("http", "https"):
         check_http(key, uri)
@@ -116,7 +120,7 @@ def check_mlflow(enabled: bool, tracking_uri: str) -> None:
     if not enabled:
         return
     check_uri("mlflow.tracking_uri", tracking_uri)
-    if urlsplit(tracking_uri).scheme == "sqlite" and (db := sqlite_file(tracking_uri)) is not None:
+    if urlsplit(tracking_uri).scheme == "sqlite" and (db := sqlite_path(tracking_uri)) is not None:
         check_writable("mlflow.tracking_uri (its artifacts)", tracking_uri, db.parent / "mlartifacts" / "probe")
 
 

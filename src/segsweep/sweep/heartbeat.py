@@ -20,17 +20,20 @@ from optuna.trial import TrialState
 
 from segsweep import compat
 from segsweep.sweep.record import attrs, record
+from segsweep.sweep.storage import PatientStorage, rdb_storage
 
 log = logging.getLogger(__name__)
 
 
-def rdb(url: str, interval: int | None = None, grace: int | None = None) -> RDBStorage | None:
+def rdb(url: str, patience_s: float, interval: int | None = None, grace: int | None = None) -> RDBStorage | None:
     """A storage of our own for heartbeats (the study's storage keeps heartbeats off, so Optuna's ask() does not
-    warn about them); None when the URL is not a SQLAlchemy database (no heartbeats then)."""
+    warn about them), patient while the database blinks; None when the URL is not a SQLAlchemy database (no
+    heartbeats then)."""
     try:
         with warnings.catch_warnings():  # Optuna marks heartbeats experimental; they are what we rely on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=interval, grace_period=grace)
+            return PatientStorage(rdb_storage(url, patience_s, heartbeat_interval=interval, grace_period=grace),
+                                  patience_s)
     except Exception as e:  # e.g. a journal file storage
         log.warning("no heartbeats for storage %s: %s", url, e)
         return None
@@ -39,8 +42,8 @@ def rdb(url: str, interval: int | None = None, grace: int | None = None) -> RDBS
 class JobHeartbeat:
     """The job side: beats trial ``trial_id`` every ``interval`` seconds until ``stop()``."""
 
-    def __init__(self, url: str, trial_id: int, interval: int) -> None:
-        self.storage = rdb(url)
+    def __init__(self, url: str, trial_id: int, interval: int, patience_s: float) -> None:
+        self.storage = rdb(url, patience_s)
         self.trial_id, self.interval = trial_id, interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,8 +71,8 @@ class JobHeartbeat:
 class StaleWatch:
     """The sweeper side: beat pending trials, and fail the stale ones (the caller retries them)."""
 
-    def __init__(self, url: str, interval: int, grace: int) -> None:
-        self.storage = rdb(url, interval, grace)
+    def __init__(self, url: str, interval: int, grace: int, patience_s: float) -> None:
+        self.storage = rdb(url, patience_s, interval, grace)
         self.interval, self.grace = interval, grace
 
     def beat(self, trial_ids) -> None:

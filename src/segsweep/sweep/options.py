@@ -52,6 +52,8 @@ class StudyConfig:
     heartbeat_interval: int | None = 10  # null: no heartbeats (a dead job is then noticed by its launcher only)
     grace_period: int = 60
     max_retries: int = 1
+    # how long the sweeper and the jobs wait for a storage that blinks (locked, restarting) before giving up
+    storage_patience_s: float = 600
     resume_from: str | None = None  # a dead trial's checkpoint.pt: weights and iteration, not its MLflow run
     enqueue: Any = None  # hand-picked points run first, e.g. [{loss.ce_weight: 0.6, weighting: sqrt_inv_freq}]
     budget_wall_min: float | None = None  # ask no new trial once the study has run this long (minutes)
@@ -66,6 +68,8 @@ class StudyConfig:
         check(self.heartbeat_interval is None or self.grace_period > self.heartbeat_interval,
               "study.grace_period", "more seconds than study.heartbeat_interval", self.grace_period)
         check(self.max_retries >= 0, "study.max_retries", "an integer >= 0", self.max_retries)
+        check(finite(self.storage_patience_s) and self.storage_patience_s >= 0, "study.storage_patience_s",
+              "a number of seconds >= 0", self.storage_patience_s)
         check(finite(self.min_effect) and self.min_effect >= 0, "study.min_effect", "a number >= 0",
               self.min_effect)
 

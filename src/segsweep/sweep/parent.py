@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from segsweep.stores import redact
 from segsweep.sweep.record import record
+from segsweep.tracking import outbox
 from segsweep.tracking.mlflow_writer import experiment_id, log_params, open_client, retry
 
 log = logging.getLogger(__name__)
 
 
 class StudyParentRun:
-    def __init__(self, client, run_id: str, plots: bool = True) -> None:
+    def __init__(self, client, run_id: str, plots: bool = True, uri: str = "", experiment: str = "") -> None:
         self.client, self.run_id, self.plots = client, run_id, plots
+        self.uri, self.experiment = uri, experiment
 
     @classmethod
     def open(cls, config: DictConfig, study: optuna.Study, storage: str, space: dict, fixed: dict,
@@ -35,7 +39,7 @@ class StudyParentRun:
             client.update_run(run_id, status="RUNNING")
             for k, v in tags.items():
                 client.set_tag(run_id, k, v)
-            return cls(client, run_id, plots)
+            return cls(client, run_id, plots, uri, mlflow.experiment_name)
         run = retry(lambda: client.create_run(exp_id, run_name=study.study_name, tags={
             "segsweep.role": "study", "segsweep.study": study.study_name, **tags}))
         sampler = OmegaConf.select(config, "hydra.sweeper.sampler._target_") or type(study.sampler).__name__
@@ -49,7 +53,7 @@ class StudyParentRun:
         params.update({f"space.{k}": str(v) for k, v in space.items()})
         params.update({f"fixed.{k}": str(v) for k, v in fixed.items()})
         log_params(client, run.info.run_id, params)
-        return cls(client, run.info.run_id, plots)
+        return cls(client, run.info.run_id, plots, uri, mlflow.experiment_name)
 
     def fail_children(self, trials: list[optuna.trial.FrozenTrial], reason: str) -> None:
         """Mark the MLflow runs of trials whose job died as FAILED, with the reason (they stay RUNNING otherwise)."""
@@ -91,5 +95,19 @@ class StudyParentRun:
         except Exception as e:  # a summary must never lose the study itself
             log.warning("could not write the study summary: %s", e)
 
-    def close(self, status: str) -> None:
-        retry(lambda: self.client.set_terminated(self.run_id, status=status))
+    def close(self, status: str, sweep_dir: Path) -> None:
+        """The parent run's final status; with the store away, it and the summary's files are left to
+        ``segsweep.sync`` (``mlflow_unsent.json`` in the sweep directory; the summary's tags are written again by
+        the same command, which resumes the finished study and summarises it)."""
+        try:
+            retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        except Exception as e:
+            if not outbox.transient(e):
+                raise
+            from segsweep.sweep.summary import ARTIFACT_PATH
+
+            files = sorted(p for p in (sweep_dir / "study_summary").glob("*") if p.is_file())
+            outbox.save(sweep_dir, outbox.RunId(self.uri, self.experiment, run_id=self.run_id),
+                        [*(("artifact", [str(p), ARTIFACT_PATH]) for p in files), ("end", status)], None, time.time())
+            log.warning("MLflow store %s away (%s): the study's parent run is not closed", redact(self.uri),
+                        outbox.cause(e))

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from segsweep.checks import ConfigError
 from segsweep.config import validate
@@ -38,9 +38,10 @@ def check_study(config: DictConfig, config_loader, storage: str, overrides: Sequ
             raise
 
 
-def commonest_failure(trials: Sequence[FrozenTrial]) -> str:
-    """``"<reason>" (3 of 4 failed trials)``: the fail reason most failed trials share (its first line; sampled
-    values, which differ from trial to trial, shown as ``<x>``)."""
+def commonest_failure(trials: Sequence[FrozenTrial], superseded: set[int] = frozenset()) -> str:
+    """``"<reason>" (3 of 4 failed trials)``: the fail reason most failed trials (but ``superseded`` ones) share
+    (its first line; sampled values, which differ from trial to trial, shown as ``<x>``)."""
+    trials = [t for t in trials if t.state == TrialState.FAIL and t.number not in superseded]
     reasons = Counter(re.sub(r"-?\d+\.\d+(e[-+]?\d+)?", "<x>", (record(t).fail_reason or "no reason recorded")
                              .strip().splitlines()[0])[:300] for t in trials)
     if not reasons:

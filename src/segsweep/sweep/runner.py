@@ -151,3 +151,9 @@ class Slots:
         if self.trials:
             log.warning("not waiting any longer for the jobs of trials %s (their trials have ended)",
                         sorted(self.trials))
+
+
+def died_without_a_word(error: object) -> bool:
+    """A job that left no result (killed, node failure: submitit's UncompletedJobError), as opposed to one whose
+    task raised (Hydra's JobReturn holds the exception; submitit's FailedJobError) -- only the former is retried."""
+    return not isinstance(error, BaseException) or type(error).__name__ == "UncompletedJobError"

@@ -12,7 +12,8 @@ what the stock one lacks:
   sweeper re-attaches (live trials are waited for) and several sweepers can share one study;
 - each job is told its trial (``study.trial_id`` ...), reports intermediate values to the pruner and tells its
   own final state; ``study.enqueue`` points run first; a wall-clock or slot-hours budget stops asking;
-- ``max_failure_rate`` is the share of the study's trials allowed to fail before the sweep stops;
+- checked once before the first launch (``preflight``): its stores answer, its trials' common config is valid;
+  ``max_failure_rate`` is the share of trials allowed to fail before the sweep stops (one line says why);
 - one MLflow parent run per study, every trial's run its child, and a summary (trials table, Optuna's plots,
   real vs synthetic curves, best trial, why the study stopped) logged on the parent whenever the sweep ends.
 """
@@ -55,7 +56,9 @@ from segsweep.sweep.parent import StudyParentRun
 from segsweep.sweep.preflight import check_study, commonest_failure
 from segsweep.sweep.progress import StudyLine, finished_line, launched_line, quiet_launchers, short_config
 from segsweep.sweep.record import MIN_EFFECT, attrs, carried, record, write
-from segsweep.sweep.runner import Slots
+from segsweep.sweep.runner import Slots, died_without_a_word
+from segsweep.sweep.storage import open_storage
+from segsweep.sync import hint as sync_hint
 
 # Baselines are enqueued with their own values (loss.ce_weight=1.0 for plain CE), often outside the search range
 # on purpose: Optuna's warning about it is no news.
@@ -72,12 +75,6 @@ def tell_failed(study: optuna.Study, trial: optuna.Trial) -> None:
             raise
     except KeyError:  # GridSampler.after_trial on a trial it did not sample (enqueued); the FAIL is stored anyway
         pass
-
-
-def died_without_a_word(error: object) -> bool:
-    """A job that left no result (killed, node failure: submitit's UncompletedJobError), as opposed to one whose
-    task raised (Hydra's JobReturn holds the exception; submitit's FailedJobError) -- only the former is retried."""
-    return not isinstance(error, BaseException) or type(error).__name__ == "UncompletedJobError"
 
 
 def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -149,10 +146,12 @@ class StudySweeper(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         directions = self.stock.directions()
         with self._lock():  # a second sweeper started at the same moment finds the study and the parent run
-            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
+            study = optuna.create_study(study_name=self.study_name, sampler=sampler,
+                                        storage=open_storage(storage, self.opts.storage_patience_s),
                                         directions=directions, load_if_exists=True)
             interval = self.opts.heartbeat_interval
-            self.watch = StaleWatch(storage, interval, self.opts.grace_period) if interval else None
+            self.watch = StaleWatch(storage, interval, self.opts.grace_period, self.opts.storage_patience_s) \
+                if interval else None
             resumed, stale = self._recover(study)
             self._enqueue(study)
             if study.user_attrs.get(MIN_EFFECT) != self.opts.min_effect:
@@ -193,16 +192,18 @@ class StudySweeper(Sweeper):
             status, reason, interrupted = "KILLED", "interrupted (Ctrl-C); the same command resumes the study", True
         finally:
             parent.summarise(study, self.sweep_dir, reason or "the sweeper failed")
-            parent.close(status)
+            parent.close(status, self.sweep_dir)
+        if line := sync_hint(self.sweep_dir):
+            log.warning("%s", line)
         if interrupted:  # one line, not a traceback: Ctrl-C is how a user stops a study
             running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             log.warning("study interrupted (Ctrl-C); the same command resumes it%s",
                         f" (and re-attaches to trials {running} if their jobs live on)" if running else "")
             raise SystemExit(130)
         if failing:  # one line: the rate, and what most failed trials had in common
-            failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                      if t.number not in superseded(study.get_trials(deepcopy=False))]
-            log.error("study stopped: %s; commonest fail reason: %s", reason, commonest_failure(failed))
+            trials = study.get_trials(deepcopy=False)
+            log.error("study stopped: %s; commonest fail reason: %s", reason,
+                      commonest_failure(trials, superseded(trials)))
             raise SystemExit(1)
         for k, part in enumerate((reason or "").split("; ")):  # one line each: the search, the confirmation
             log.info("%s%s", "study stopped: " if k == 0 else "  ", part)

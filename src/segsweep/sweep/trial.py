@@ -20,6 +20,7 @@ from segsweep import compat
 from segsweep.sweep.heartbeat import JobHeartbeat
 from segsweep.sweep.options import StudyConfig
 from segsweep.sweep.record import TrialRecord, attrs, ending, record, write
+from segsweep.sweep.storage import open_storage
 
 log = logging.getLogger("segsweep")
 
@@ -55,7 +56,8 @@ class TrialLink:
 
     def __init__(self, cfg: StudyConfig) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.load_study(study_name=cfg.name, storage=cfg.storage, pruner=build_pruner(cfg.pruner))
+        self.study = optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage, cfg.storage_patience_s),
+                                       pruner=build_pruner(cfg.pruner))
         self.trial = optuna.trial.Trial(self.study, cfg.trial_id)
         self.number = cfg.trial_number
         state = compat.stored_trial(self.study, cfg.trial_id).state
@@ -63,7 +65,7 @@ class TrialLink:
             raise TrialGone(f"trial {self.number} is {state.name}, not RUNNING: it was failed or retried elsewhere "
                             "(e.g. its heartbeat went stale while this job waited); nothing to do")
         # From here on the job beats its own trial: the sweeper stops beating it once job_state is set.
-        self.heartbeat = JobHeartbeat(cfg.storage, cfg.trial_id, cfg.heartbeat_interval) \
+        self.heartbeat = JobHeartbeat(cfg.storage, cfg.trial_id, cfg.heartbeat_interval, cfg.storage_patience_s) \
             if cfg.heartbeat_interval else None
         if self.heartbeat is not None:
             self.heartbeat.start()

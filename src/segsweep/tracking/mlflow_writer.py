@@ -1,23 +1,29 @@
 """The MLflow run of one training job: params, batched metrics, artifacts, final status.
 
 Every call to the tracking store runs on one background thread, so a slow store (SQLite on a network disk,
-a remote server) never stalls a training step; ``close`` waits for the queue to drain and then marks the run
-FINISHED, FAILED or KILLED.
+a remote server) never stalls a training step. A store that is away (a restart, a full disk, a network hiccup)
+costs nothing either: the calls wait in order (``tracking.outbox``) and are sent again with back-off until the
+store is back; ``close`` waits for them and marks the run FINISHED, FAILED or KILLED. If the store is still away
+then, the run ends all the same: the calls it owes go to the run directory's ``mlflow_unsent.json``, one line
+says so, and ``python -m segsweep.sync <run dir>`` sends them later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
-import math
-import queue
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from segsweep.io import file_lock
+from segsweep.stores import redact, sqlite_path
+from segsweep.tracking import outbox
 
 log = logging.getLogger("segsweep")
 
@@ -41,14 +47,6 @@ def artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database, not into the current directory."""
     db = sqlite_path(tracking_uri)
     return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
-
-
-def sqlite_path(tracking_uri: str | None) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative or absolute); None for other stores and in-memory ones."""
-    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _store_lock(tracking_uri: str | None) -> contextlib.AbstractContextManager:
@@ -125,60 +123,152 @@ def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
         retry(lambda chunk=items[i : i + _MAX_PARAMS_PER_BATCH]: client.log_batch(run_id, params=chunk))
 
 
+def send(client, run: outbox.RunId, op: outbox.Op) -> None:
+    """One call to the store; ``create`` sets ``run.run_id``."""
+    from mlflow.entities import Metric, RunTag
+
+    kind, data = op
+    if kind == "create":
+        exp = experiment_id(client, run.experiment_name, run.tracking_uri)
+        run.run_id = client.create_run(exp, run_name=run.run_name, tags=run.tags).info.run_id
+    elif kind == "resume":
+        client.update_run(run.run_id, status="RUNNING")
+    elif kind == "params":
+        log_params(client, run.run_id, data)
+    elif kind == "tags":
+        client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in data.items()])
+    elif kind == "metrics":
+        client.log_batch(run.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in data])
+    elif kind == "artifact":
+        client.log_artifact(run.run_id, data[0], data[1])
+    elif kind == "end":
+        client.set_terminated(run.run_id, status=data)
+    else:
+        raise ValueError(f"unknown MLflow call {kind!r}")
+
+
+# A store that is away answers in a second, not after MLflow's own back-off (7 retries, ~4 min per call); the
+# writer retries itself, without stalling anything. Set before the first request; the user's values win.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+MAX_PENDING_METRICS = 200_000  # metric values held in memory while the store is away; beyond: metrics.jsonl
+BACKOFF_S = (1.0, 30.0)  # first and longest wait between two tries of a call the store did not take
+CLOSE_WAIT_S = 10.0  # at the end, how long a store found away is waited for before the run ends without it
+
+
 class MlflowWriter:
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None, run_id: str | None = None) -> None:
-        """A new run, or the existing ``run_id`` continued (a resumed job keeps its run)."""
-        self.client = open_client(tracking_uri)
-        if run_id is not None:
-            retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-            self.run_id, self.artifact_uri = run_id, self.client.get_run(run_id).info.artifact_uri
-            self._start_thread()
-            return
-        exp_id = experiment_id(self.client, experiment_name, tracking_uri)
-        run = retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
-        self.run_id: str = run.info.run_id
-        self.artifact_uri: str = run.info.artifact_uri
-        self._start_thread()
-
-    def _start_thread(self) -> None:
-        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None, out_dir: Path | None = None,
+                 mirror: str | None = None) -> None:
+        """A new run, or the existing ``run_id`` continued (a resumed job keeps its run). ``out_dir``: where the
+        calls go that the store never took; ``mirror``: the file there that holds every ``write()`` too
+        (``metrics.jsonl``), so that a long outage keeps only so many metrics in memory."""
+        for k, v in HTTP_ENV.items():
+            os.environ.setdefault(k, v)
+        self.run = outbox.RunId(tracking_uri, experiment_name, run_name, dict(tags or {}), run_id)
+        self.out_dir, self.mirror = out_dir, mirror
+        self._pending: deque[outbox.Op] = deque()
+        self._n_metrics = self._skipped = 0
         self._errors: list[BaseException] = []
+        self._cv = threading.Condition()
+        self._closing: float | None = None  # when close() was called
+        self.down_since: float | None = None
+        self.client = open_client(tracking_uri)
+        try:  # at once, so that the run id is known to the checkpoint and the trial
+            send(self.client, self.run, ("resume", None) if run_id else ("create", None))
+        except Exception as e:
+            if not outbox.transient(e):
+                raise
+            self._away(e)
+            self._pending.append(("resume", None) if run_id else ("create", None))
         self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def run_id(self) -> str | None:
+        """None while the store has been away since the run started."""
+        return self.run.run_id
+
+    def _put(self, op: outbox.Op) -> None:
+        with self._cv:
+            self._pending.append(op)
+            self._cv.notify()
+
+    def _away(self, error: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
+            log.warning("MLflow store %s away (%s): training goes on, its calls wait and are sent again",
+                        redact(self.run.tracking_uri), outbox.cause(error))
+
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
+        delay = BACKOFF_S[0]
+        while True:
+            with self._cv:
+                while not self._pending and self._closing is None:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                op = self._pending[0]
             try:
-                retry(job)
-            except BaseException as e:  # reported by close(); training goes on
-                self._errors.append(e)
+                retry(lambda op=op: send(self.client, self.run, op))
+            except Exception as e:
+                if outbox.transient(e):
+                    self._away(e)
+                    with self._cv:  # wait, unless the run has ended and the store stayed away too long
+                        left = None if self._closing is None else self._closing + CLOSE_WAIT_S - time.time()
+                        if left is not None and left <= 0:
+                            return
+                        self._cv.wait(timeout=delay if left is None else min(delay, left))
+                    delay = min(2 * delay, BACKOFF_S[1])
+                    continue
+                self._errors.append(e)  # a call the store refuses would be refused again: reported by close()
                 log.warning("MLflow logging failed: %s", e)
+            with self._cv:
+                self._pending.popleft()
+                if op[0] == "metrics":
+                    self._n_metrics -= len(op[1])
+            if self.down_since is not None:
+                log.info("MLflow store back after %.0f s; the calls that waited are being sent",
+                         time.time() - self.down_since)
+                self.down_since, delay = None, BACKOFF_S[0]
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        self._queue.put(lambda: log_params(self.client, self.run_id, params))
+        self._put(("params", {k: str(v) for k, v in params.items()}))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        chunk = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._queue.put(lambda: self.client.log_batch(self.run_id, tags=chunk))
+        self._put(("tags", {k: str(v) for k, v in tags.items()}))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        self._queue.put(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        op = outbox.metric_op(step, metrics)
+        with self._cv:
+            if self.mirror and self._n_metrics + len(op[1]) > MAX_PENDING_METRICS:
+                self._skipped += 1  # kept in the mirror file, sent by segsweep.sync
+                return
+            self._n_metrics += len(op[1])
+        self._put(op)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._queue.put(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._put(("artifact", [str(Path(path).resolve()), artifact_path]))
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Drain the queue, then set the run's final status (FINISHED, FAILED or KILLED)."""
-        self._queue.put(None)
-        self._thread.join()
+    def close(self, status: str = "FINISHED") -> bool:
+        """Send what waits, then the run's final status (FINISHED, FAILED or KILLED); with the store away for
+        ``CLOSE_WAIT_S`` more, leave it all to ``segsweep.sync`` (one line says so). Whether MLflow has it all."""
         if self._errors and status == "FINISHED":
-            log.warning("%d MLflow calls failed; the run is marked FAILED", len(self._errors))
+            log.warning("%d MLflow calls were refused; the run is marked FAILED", len(self._errors))
             status = "FAILED"
-        retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        self._put(("end", status))
+        with self._cv:
+            self._closing = time.time()
+            self._cv.notify()
+        self._thread.join()
+        if not self._pending and not self._skipped:
+            return True
+        since = self.down_since or time.time()
+        what = outbox.describe(self._pending, self._skipped)
+        if self.out_dir is None:
+            log.warning("MLflow store %s away: %s not sent", redact(self.run.tracking_uri), what)
+            return False
+        outbox.save(self.out_dir, self.run, list(self._pending), self.mirror if self._skipped else None, since)
+        log.warning("MLflow store %s away since %s: %s not sent; when it is back: python -m segsweep.sync %s",
+                    redact(self.run.tracking_uri), dt.datetime.fromtimestamp(since).strftime("%H:%M:%S"), what,
+                    self.out_dir)
+        return False
