@@ -36,6 +36,8 @@ class PgServer:
     host: str = "127.0.0.1"
     pid: int | None = None
     passwords: dict[str, str] = field(default_factory=dict)
+    ctl: list[str] = field(default_factory=list)  # pg_ctl -D <data>
+    start_args: list[str] = field(default_factory=list)  # -l <log> -o <options>
 
     def url(self, db: str) -> str:
         """SQLAlchemy URL of database ``db`` as the role of the same name, without its password: libpq reads it
@@ -43,6 +45,14 @@ class PgServer:
         driver is named: SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; segsweep's ``postgres``
         extra installs psycopg2."""
         return f"postgresql+psycopg2://{db}@{self.host}:{self.port}/{db}"
+
+    def restart(self, down_s: float) -> None:
+        """Stop the server as a crash would (``-m immediate``: connections cut, no checkpoint), leave it down for
+        ``down_s`` seconds, start it again on the same port and data."""
+        _run([*self.ctl, "-m", "immediate", "-w", "-t", "30", "stop"], "pg_ctl stop")
+        time.sleep(down_s)
+        _run([*self.ctl, *self.start_args, "-w", "-t", "60", "start"], "pg_ctl start")
+        self.pid = int((Path(self.ctl[-1]) / "postmaster.pid").read_text().split()[0])
 
     def write_pgpass(self, path: Path) -> Path:
         """A libpq password file (``host:port:database:user:password`` lines, mode 0600) for every database."""
@@ -85,8 +95,8 @@ def postgres_server(port: int, databases: tuple[str, ...]) -> Iterator[PgServer]
               "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"], "initdb")
         opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         started = True  # from here on, a half-started server is stopped below
-        _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"],
-             "pg_ctl start", log)
+        server.ctl, server.start_args = [str(bindir / "pg_ctl"), "-D", str(data)], ["-l", str(log), "-o", opts]
+        _run([*server.ctl, *server.start_args, "-w", "-t", "60", "start"], "pg_ctl start", log)
         server.pid = int((data / "postmaster.pid").read_text().split()[0])
         for db in databases:
             server.passwords[db] = secrets.token_hex(12)

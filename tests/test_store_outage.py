@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from pg_server import postgres_server
 from polling import NotYet, wait_for
 from ui_helpers import QUIET_ENV, free_port, tail
 
@@ -265,6 +266,12 @@ def test_a_server_away_from_the_start_the_run_ends_normally_and_sync_sends_it_al
 
 # --- the Optuna storage blinks ---------------------------------------------------------------------------------
 
+def launched(log: Path, number: int) -> bool:
+    if f"trial {number} launched" not in log.read_text():
+        raise NotYet(f"trial {number} not launched yet")
+    return True
+
+
 @pytest.mark.slow
 def test_a_study_whose_sqlite_storage_is_locked_for_seconds_loses_no_trial(tmp_path):
     """Another process holds the study's SQLite database locked for 12 s (longer than SQLite's 5 s busy wait)
@@ -276,12 +283,8 @@ def test_a_study_whose_sqlite_storage_is_locked_for_seconds_loses_no_trial(tmp_p
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     try:
         db = tmp_path / "multirun" / "optuna.db"
-        def launched() -> bool:
-            if "trial 0 launched" not in (tmp_path / "sweep.log").read_text():
-                raise NotYet("no trial launched yet")
-            return True
-
-        wait_for(launched, proc, "the first launch", 120, log=tmp_path / "sweep.log")
+        wait_for(lambda: launched(tmp_path / "sweep.log", 0), proc, "the first launch", 120,
+                 log=tmp_path / "sweep.log")
         held = threading.Event()
 
         def hold() -> None:
@@ -305,3 +308,32 @@ def test_a_study_whose_sqlite_storage_is_locked_for_seconds_loses_no_trial(tmp_p
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}")
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE] * 3, states
+
+
+@pytest.mark.slow
+def test_a_study_whose_postgresql_storage_restarts_loses_no_trial(tmp_path, monkeypatch):
+    """The study's PostgreSQL server crashes (immediate stop) while a trial runs and is back 8 s later: the job and
+    the sweeper wait for it; every trial completes, none fails or runs twice."""
+    with postgres_server(free_port(), ("optuna",)) as pg:
+        pgpass = pg.write_pgpass(tmp_path / "pgpass")
+        storage = pg.url("optuna")
+        cmd = [sys.executable, str(ROOT / "train.py"), "-m", "sweeps=smoke", f"hydra.sweep.dir={tmp_path}/multirun",
+               f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweeper.storage='{storage}'",
+               "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "trainer.max_iters=60", "trainer.log_every=3",
+               "trainer.eval_every=6"]
+        with open(tmp_path / "sweep.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=tmp_path, env={**env(tmp_path), "PGPASSFILE": str(pgpass)}, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: launched(tmp_path / "sweep.log", 1), proc, "trial 1's launch", 180,
+                     log=tmp_path / "sweep.log")
+            pg.restart(down_s=8)
+            assert proc.wait(400) == 0, tail(tmp_path / "sweep.log", 40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        text = (tmp_path / "sweep.log").read_text()
+        assert "Optuna storage busy or away" in text, text[-3000:]
+        monkeypatch.setenv("PGPASSFILE", str(pgpass))  # for this process's read of the study
+        trials = optuna.load_study(study_name="smoke", storage=storage).trials
+        assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(3)]
