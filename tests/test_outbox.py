@@ -90,14 +90,18 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_the_writer_keeps_what_the_store_did_not_take_and_sends_each_call_once_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(mlflow_writer, "BACKOFF_S", (0.05, 0.2))
+    monkeypatch.setattr(mlflow_writer, "MAX_PENDING_METRICS", 20)  # beyond: metrics.jsonl, caught up at the end
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     w = MlflowWriter(uri, "exp", "r", {"t": "1"}, out_dir=tmp_path, mirror="metrics.jsonl")
     blink = Blinking(w.client)
     w.client = blink
-    w.write(1, {"loss": 1.0})
-    time.sleep(0.3)
-    blink.away = True  # the store goes away: steps 2..40 wait
-    for s in range(2, 41):
+    jsonl = open(tmp_path / "metrics.jsonl", "w")  # noqa: SIM115
+    for s in range(1, 41):
+        if s == 2:
+            time.sleep(0.3)
+            blink.away = True  # the store goes away: steps 2..21 wait in memory, 22..40 are in metrics.jsonl only
+        jsonl.write(json.dumps({"iteration": s, "loss": 1.0 / s, "nan": None}) + "\n")
+        jsonl.flush()
         w.write(s, {"loss": 1.0 / s, "nan": float("nan")})
     w.log_params({"a": "1"})
     time.sleep(0.5)

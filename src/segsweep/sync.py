@@ -22,8 +22,6 @@ from segsweep.stores import check_mlflow, redact
 from segsweep.tracking import outbox
 from segsweep.tracking.mlflow_writer import open_client, retry, send
 
-BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
 
 def marked(root: Path) -> list[Path]:
     """The markers of ``root`` (a run directory) or of every run directory under it (a multirun directory)."""
@@ -37,16 +35,11 @@ def hint(root: Path) -> str | None:
     return f"MLflow lacks what {n} run(s) logged while it was away: python -m segsweep.sync {root}" if n else None
 
 
-def missing_metrics(client, run_id: str | None, jsonl: Path, timestamp_ms: int) -> list[list]:
-    """``[key, value, timestamp, step]`` of every finite value in ``jsonl`` that the run lacks at its step."""
-    if not jsonl.is_file():
+def from_mirror(client, run: outbox.RunId, marker: Path, mirror: str | None, since_ms: int) -> list[list]:
+    """The metric values of the run's mirror file (metrics.jsonl) that MLflow lacks; none without one."""
+    if not mirror:
         return []
-    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    keys = sorted({k for r in records for k in r if k != "iteration"})
-    have = {k: ({m.step for m in retry(lambda k=k: client.get_metric_history(run_id, k))} if run_id else set())
-            for k in keys}
-    return [[k, float(v), timestamp_ms, int(r["iteration"])] for r in records for k, v in r.items()
-            if k != "iteration" and v is not None and int(r["iteration"]) not in have[k]]
+    return retry(lambda: outbox.missing_metrics(client, run.run_id, marker.parent / mirror, since_ms))
 
 
 def sync_run(marker: Path, dry_run: bool = False) -> str:
@@ -58,7 +51,7 @@ def sync_run(marker: Path, dry_run: bool = False) -> str:
         ops = [op for op in ops if op[0] != "create"]  # created by the writer or by an earlier sync
     body, ends = [op for op in ops if op[0] != "end"], [op for op in ops if op[0] == "end"]
     if dry_run:
-        n = len(missing_metrics(client, run.run_id, marker.parent / mirror, since_ms)) if mirror else 0
+        n = len(from_mirror(client, run, marker, mirror, since_ms))
         return (f"{marker.parent}: would send {outbox.describe(ops)}"
                 f"{f' and {n} metric value(s) from {mirror}' if n else ''} to {redact(run.tracking_uri)}")
     for op in body:
@@ -70,9 +63,9 @@ def sync_run(marker: Path, dry_run: bool = False) -> str:
             d = json.loads(marker.read_text())
             d["run"]["run_id"] = run.run_id
             atomic_write(marker, json.dumps(d, indent=1))
-    extra = missing_metrics(client, run.run_id, marker.parent / mirror, since_ms) if mirror else []
-    for i in range(0, len(extra), BATCH):
-        retry(lambda chunk=extra[i : i + BATCH]: send(client, run, ("metrics", chunk)))
+    extra = from_mirror(client, run, marker, mirror, since_ms)
+    for i in range(0, len(extra), outbox.BATCH):
+        retry(lambda chunk=extra[i : i + outbox.BATCH]: send(client, run, ("metrics", chunk)))
     for op in ends:
         retry(lambda op=op: send(client, run, op))
     marker.unlink()

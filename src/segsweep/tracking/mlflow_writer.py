@@ -249,6 +249,19 @@ class MlflowWriter:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._put(("artifact", [str(Path(path).resolve()), artifact_path]))
 
+    def _catch_up(self) -> None:
+        """The store is back: send what only the mirror file (metrics.jsonl) has."""
+        try:
+            extra = retry(lambda: outbox.missing_metrics(self.client, self.run_id, self.out_dir / self.mirror,
+                                                         int(time.time() * 1000)))
+            for i in range(0, len(extra), outbox.BATCH):
+                retry(lambda chunk=extra[i : i + outbox.BATCH]: send(self.client, self.run, ("metrics", chunk)))
+            self._skipped = 0
+        except Exception as e:
+            if not outbox.transient(e):
+                raise
+            self._away(e)  # left to segsweep.sync, with the rest
+
     def close(self, status: str = "FINISHED") -> bool:
         """Send what waits, then the run's final status (FINISHED, FAILED or KILLED); with the store away for
         ``CLOSE_WAIT_S`` more, leave it all to ``segsweep.sync`` (one line says so). Whether MLflow has it all."""
@@ -260,6 +273,8 @@ class MlflowWriter:
             self._closing = time.time()
             self._cv.notify()
         self._thread.join()
+        if not self._pending and self._skipped:
+            self._catch_up()
         if not self._pending and not self._skipped:
             return True
         since = self.down_since or time.time()

@@ -22,6 +22,7 @@ from typing import Any
 from segsweep.io import atomic_write
 
 MARKER = "mlflow_unsent.json"
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
 # MLflow's error codes for a store that is away or overloaded (a refused connection arrives as INTERNAL_ERROR);
 # any other code (a bad request) would fail again, and is not retried.
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
@@ -66,6 +67,17 @@ def cause(error: BaseException) -> str:
 def metric_op(step: int, metrics: dict[str, float]) -> Op:
     now = int(time.time() * 1000)
     return "metrics", [[k, float(v), now, int(step)] for k, v in metrics.items() if math.isfinite(v)]
+
+
+def missing_metrics(client, run_id: str | None, jsonl: Path, timestamp_ms: int) -> list[list]:
+    """``[key, value, timestamp, step]`` of every finite value in ``jsonl`` that the run lacks at its step."""
+    if not jsonl.is_file():
+        return []
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    keys = sorted({k for r in records for k in r if k != "iteration"})
+    have = {k: ({m.step for m in client.get_metric_history(run_id, k)} if run_id else set()) for k in keys}
+    return [[k, float(v), timestamp_ms, int(r["iteration"])] for r in records for k, v in r.items()
+            if k != "iteration" and v is not None and int(r["iteration"]) not in have[k]]
 
 
 def describe(ops: Iterable[Op], skipped: int = 0) -> str:
