@@ -208,6 +208,9 @@ class MlflowWriter:
                 if not self._pending:
                     return
                 op = self._pending[0]
+            if op == ("end", "FINISHED") and self._errors:  # the calls refused on the way count too
+                log.warning("%d MLflow calls were refused; the run is marked FAILED", len(self._errors))
+                op = ("end", "FAILED")
             try:
                 retry(lambda op=op: send(self.client, self.run, op))
             except Exception as e:
@@ -265,9 +268,6 @@ class MlflowWriter:
     def close(self, status: str = "FINISHED") -> bool:
         """Send what waits, then the run's final status (FINISHED, FAILED or KILLED); with the store away for
         ``CLOSE_WAIT_S`` more, leave it all to ``segsweep.sync`` (one line says so). Whether MLflow has it all."""
-        if self._errors and status == "FINISHED":
-            log.warning("%d MLflow calls were refused; the run is marked FAILED", len(self._errors))
-            status = "FAILED"
         self._put(("end", status))
         with self._cv:
             self._closing = time.time()
