@@ -3,10 +3,10 @@
 A run that ended with its tracking store away left ``mlflow_unsent.json`` in its directory
 (``segsweep.tracking.outbox``): the calls the store never took, in order (the run's creation when it never existed,
 params, tags, metric steps, artifacts, the final status). Sync sends them into the same run (created, under the
-study's parent run, when it never was), then every value of the run's ``metrics.jsonl`` that MLflow lacks at its
-step, and removes the marker. Every call may be sent twice without changing anything (see ``outbox``), and the
-run's id is written to the marker as soon as it is created: a sync cut short is run again; a second sync finds no
-marker and sends nothing.
+study's parent run, when it never was), then every value of the run's ``metrics.jsonl`` that MLflow still lacks
+at its step (those the writer held back when too many waited), and removes the marker. Every call may be sent
+twice without changing anything (see ``outbox``), and the run's id is written to the marker as soon as it is
+created: a sync cut short is run again; a second sync finds no marker and sends nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def sync_run(marker: Path, dry_run: bool = False) -> str:
         ops = [op for op in ops if op[0] != "create"]  # created by the writer or by an earlier sync
     body, ends = [op for op in ops if op[0] != "end"], [op for op in ops if op[0] == "end"]
     if dry_run:
-        n = len(from_mirror(client, run, marker, mirror, since_ms))
+        queued = {(k, s) for kind, data in ops if kind == "metrics" for k, _, _, s in data}
+        n = sum((k, s) not in queued for k, _, _, s in from_mirror(client, run, marker, mirror, since_ms))
         return (f"{marker.parent}: would send {outbox.describe(ops)}"
                 f"{f' and {n} metric value(s) from {mirror}' if n else ''} to {redact(run.tracking_uri)}")
     for op in body:

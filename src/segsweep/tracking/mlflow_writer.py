@@ -282,7 +282,7 @@ class MlflowWriter:
         if self.out_dir is None:
             log.warning("MLflow store %s away: %s not sent", redact(self.run.tracking_uri), what)
             return False
-        outbox.save(self.out_dir, self.run, list(self._pending), self.mirror if self._skipped else None, since)
+        outbox.save(self.out_dir, self.run, list(self._pending), self.mirror, since)
         log.warning("MLflow store %s away since %s: %s not sent; when it is back: python -m segsweep.sync %s",
                     redact(self.run.tracking_uri), dt.datetime.fromtimestamp(since).strftime("%H:%M:%S"), what,
                     self.out_dir)

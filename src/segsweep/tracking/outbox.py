@@ -96,7 +96,8 @@ def describe(ops: Iterable[Op], skipped: int = 0) -> str:
 
 def save(directory: Path, run: RunId, ops: list[Op], mirror: str | None, since: float) -> Path:
     """Write (whole) the marker ``directory/mlflow_unsent.json``: the run, the calls it still owes, and the file
-    whose metrics MLflow may lack (``metrics.jsonl``; None when every metric is among the calls)."""
+    that holds every metric the run logged (``metrics.jsonl``; None for a run whose metrics are all in the calls),
+    which sync compares with MLflow after sending the calls."""
     path = Path(directory) / MARKER
     atomic_write(path, json.dumps({"run": asdict(run), "ops": [list(op) for op in ops], "mirror": mirror,
                                    "since": dt.datetime.fromtimestamp(since).isoformat(timespec="seconds"),
