@@ -162,8 +162,8 @@ def train_one(cfg: DictConfig, typed: Config, world: World, device: torch.device
             mlflow = _open_mlflow(typed, out_dir, resolved,
                                   resumed.get("mlflow_run_id") if resumed and source == ckpt_path else None, world)
             writers.append(mlflow)
-        trial.set_attrs(output_dir=str(out_dir.resolve()), **({"mlflow_run_id": mlflow.run_id} if mlflow and
-                                                               mlflow.run_id else {}))
+        run_id = {"mlflow_run_id": mlflow.run_id} if mlflow and mlflow.run_id else {}  # None: the store is away
+        trial.set_attrs(output_dir=str(out_dir.resolve()), **run_id)
 
     names = objective_names(typed)
 

@@ -15,7 +15,6 @@ import threading
 import warnings
 
 import optuna
-from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from segsweep import compat
@@ -25,7 +24,7 @@ from segsweep.sweep.storage import PatientStorage, rdb_storage
 log = logging.getLogger(__name__)
 
 
-def rdb(url: str, patience_s: float, interval: int | None = None, grace: int | None = None) -> RDBStorage | None:
+def rdb(url: str, patience_s: float, interval: int | None = None, grace: int | None = None) -> PatientStorage | None:
     """A storage of our own for heartbeats (the study's storage keeps heartbeats off, so Optuna's ask() does not
     warn about them), patient while the database blinks; None when the URL is not a SQLAlchemy database (no
     heartbeats then)."""
