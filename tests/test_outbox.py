@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from optuna.trial import TrialState
 
-from segsweep.stores import redact
+from segsweep.stores import StoreError, check_mlflow, redact
 from segsweep.sweep.preflight import commonest_failure
 from segsweep.sweep.record import attrs
 from segsweep.sweep.storage import PatientStorage, blinked, open_storage, rdb_storage
@@ -33,6 +33,18 @@ def test_redact_hides_the_password_only():
         "postgresql+psycopg2://alice:***@db.example:5432/studies?sslmode=require"
     assert redact("http://mlflow:5000") == "http://mlflow:5000"
     assert redact("postgresql://bob@h/db") == "postgresql://bob@h/db"
+
+
+def test_the_preflight_checks_where_the_experiment_keeps_its_artifacts(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = open_client(uri)
+    check_mlflow(True, uri, "fine")  # no such experiment yet: the folder beside the database, writable
+    client.create_experiment("elsewhere", artifact_location="file:///sys/fs/segsweep-artifacts")  # sysfs: no one
+    with pytest.raises(StoreError) as e:  # may write there, root included
+        check_mlflow(True, uri, "elsewhere")
+    assert str(e.value).startswith("config key 'mlflow.tracking_uri (artifacts of experiment 'elsewhere')': cannot "
+                                   "write /sys/fs/segsweep-artifacts (sqlite:///")
+    check_mlflow(False, "http://127.0.0.1:9", "x")  # mlflow.enabled=false: nothing is reached
 
 
 def test_the_commonest_failure_groups_reasons_that_differ_only_in_sampled_values():

@@ -158,8 +158,9 @@ def run(cfg: DictConfig) -> float | list[float]:
     """One job (``python train.py``; in a study, one trial): validate the config, join the data-parallel group if
     there is one, train the job's seeds; returns the objective (the mean over the seeds)."""
     typed = validate(cfg)  # every config error surfaces here, before any data is read
-    if typed.mlflow.preflight and typed.study.trial_id is None:  # a study's sweeper checked it for its trials:
-        check_mlflow(typed.mlflow.enabled, typed.mlflow.tracking_uri)  # a blink then must not cost one
+    # the store, in seconds; a study's sweeper checked it for its trials (a blink then must not cost one)
+    if typed.mlflow.preflight and typed.study.trial_id is None:
+        check_mlflow(typed.mlflow.enabled, typed.mlflow.tracking_uri, typed.mlflow.experiment_name)
     world, device = init_world(resolve_device(typed.trainer.device))  # one process, or a data-parallel rank
     try:
         return run_seeds(cfg, typed, world, device)

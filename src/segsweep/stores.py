@@ -10,12 +10,13 @@ checked without any network: their file (or the directory it will be created in)
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from segsweep.checks import ConfigError
 
@@ -48,20 +49,20 @@ def sqlite_path(tracking_uri: str | None) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def check_writable(key: str, uri: str, path: Path) -> None:
-    """The SQLite database (or any file) ``path`` can be written: an existing database takes a write lock, the
-    nearest existing folder of a new one takes a file. Tried, not ``os.access``: root passes every permission
-    check, not a read-only file system."""
+def check_writable(key: str, uri: str, path: Path, folder: bool = False) -> None:
+    """The SQLite database ``path`` (or, with ``folder``, a file in the folder ``path``) can be written: an
+    existing database takes a write lock, the nearest existing folder takes a file. Tried, not ``os.access``: root
+    passes every permission check, not a read-only file system."""
     try:
-        if path.is_file():
+        if not folder and path.is_file():
             with contextlib.closing(sqlite3.connect(path, timeout=TIMEOUT_S)) as db:
                 db.execute("BEGIN IMMEDIATE")
                 db.rollback()
             return
-        folder = path.parent
-        while not folder.exists():  # the nearest folder there is: nothing is created by a check
-            folder = folder.parent
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".segsweep-write-test-"):
+        nearest = path if folder else path.parent
+        while not nearest.exists():  # the nearest folder there is: nothing is created by a check
+            nearest = nearest.parent
+        with tempfile.NamedTemporaryFile(dir=nearest, prefix=".segsweep-write-test-"):
             pass
     except (OSError, sqlite3.Error) as e:
         raise StoreError(f"config key '{key}': cannot write {path} ({redact(uri)}): "
@@ -110,18 +111,43 @@ def check_uri(key: str, uri: str) -> None:
     elif scheme in SQL_SCHEMES:
         check_sql(key, uri)
     elif scheme in ("", "file"):
-        check_writable(key, uri, Path(urlsplit(uri).path if scheme else uri) / "probe")
+        check_writable(key, uri, Path(urlsplit(uri).path if scheme else uri), folder=True)
     # other schemes (databricks, a plugin's store) are left to their own client
 
 
-def check_mlflow(enabled: bool, tracking_uri: str) -> None:
-    """The MLflow tracking store and, for a SQLite store, its artifact folder (``mlartifacts`` beside the
-    database; a server stores artifacts itself)."""
+def stored_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where the store keeps the experiment's artifacts (None: no such experiment yet, or not readable here):
+    read from a SQLite store's table, or asked of a server's REST API, in one short try."""
+    scheme = urlsplit(tracking_uri).scheme
+    try:
+        if scheme == "sqlite" and (db := sqlite_path(tracking_uri)) is not None and db.is_file():
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=TIMEOUT_S)) as con:
+                row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
+            return row[0] if row else None
+        if scheme in ("http", "https"):
+            query = urlencode({"experiment_name": experiment})
+            url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:  # noqa: S310
+                return json.load(r)["experiment"]["artifact_location"]
+    except (OSError, ValueError, KeyError, sqlite3.Error):  # no table yet, no such experiment (404), no access
+        return None
+    return None
+
+
+def check_mlflow(enabled: bool, tracking_uri: str, experiment: str) -> None:
+    """The MLflow tracking store, and the experiment's artifact destination where this process writes it itself:
+    a local folder (a SQLite store's ``mlartifacts`` beside the database, or a server's experiment kept on a
+    shared file system). Artifacts a server proxies (``mlflow-artifacts:``) are the server's, reached above."""
     if not enabled:
         return
     check_uri("mlflow.tracking_uri", tracking_uri)
-    if urlsplit(tracking_uri).scheme == "sqlite" and (db := sqlite_path(tracking_uri)) is not None:
-        check_writable("mlflow.tracking_uri (its artifacts)", tracking_uri, db.parent / "mlartifacts" / "probe")
+    location = stored_artifact_location(tracking_uri, experiment)
+    if location is None and (db := sqlite_path(tracking_uri)) is not None:
+        location = str(db.parent / "mlartifacts")  # where segsweep creates a SQLite store's experiments
+    scheme = urlsplit(location or "").scheme
+    if location and scheme in ("", "file"):
+        check_writable(f"mlflow.tracking_uri (artifacts of experiment '{experiment}')", tracking_uri,
+                       Path(urlsplit(location).path if scheme else location), folder=True)
 
 
 def check_optuna(storage: str) -> None:

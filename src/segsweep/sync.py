@@ -45,7 +45,7 @@ def from_mirror(client, run: outbox.RunId, marker: Path, mirror: str | None, sin
 def sync_run(marker: Path, dry_run: bool = False) -> str:
     """Send one run's owed calls; returns the line that says what was (or would be) sent."""
     run, ops, mirror, since_ms = outbox.load(marker)
-    check_mlflow(True, run.tracking_uri)  # one line, in seconds, if the store is still away
+    check_mlflow(True, run.tracking_uri, run.experiment_name)  # one line, in seconds, if the store is still away
     client = open_client(run.tracking_uri)
     if run.run_id is not None:
         ops = [op for op in ops if op[0] != "create"]  # created by the writer or by an earlier sync

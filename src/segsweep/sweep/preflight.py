@@ -24,7 +24,7 @@ def check_study(config: DictConfig, config_loader, storage: str, overrides: Sequ
                 searched: Iterable[str], sweep_dir: Path) -> None:
     """Raises ``ConfigError`` (one line) when a store does not answer or when the config every trial starts from
     is invalid in a key the search does not set (a sampled value might make a searched key valid)."""
-    check_mlflow(bool(config.mlflow.enabled), str(config.mlflow.tracking_uri))
+    check_mlflow(bool(config.mlflow.enabled), str(config.mlflow.tracking_uri), str(config.mlflow.experiment_name))
     check_optuna(storage)
     job = config_loader.load_sweep_config(config, list(overrides))  # as the launcher composes each job
     with open_dict(job):
