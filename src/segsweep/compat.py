@@ -156,4 +156,3 @@ def missing() -> list[str]:
     if not hasattr(dataloader._MultiProcessingDataLoaderIter, "_shutdown_workers"):
         gone.append("torch.utils.data.dataloader._MultiProcessingDataLoaderIter._shutdown_workers")
     return gone
-

@@ -12,12 +12,10 @@ created: a sync cut short is run again; a second sync finds no marker and sends 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from segsweep.checks import ConfigError
-from segsweep.io import atomic_write
 from segsweep.stores import check_mlflow, redact
 from segsweep.tracking import outbox
 from segsweep.tracking.mlflow_writer import open_client, retry, send
@@ -61,9 +59,7 @@ def sync_run(marker: Path, dry_run: bool = False) -> str:
             continue
         retry(lambda op=op: send(client, run, op))
         if op[0] == "create":  # from now on this run is the one: a second sync must not create another
-            d = json.loads(marker.read_text())
-            d["run"]["run_id"] = run.run_id
-            atomic_write(marker, json.dumps(d, indent=1))
+            outbox.save(marker.parent, run, ops, mirror, since_ms / 1000)
     extra = from_mirror(client, run, marker, mirror, since_ms)
     for i in range(0, len(extra), outbox.BATCH):
         retry(lambda chunk=extra[i : i + outbox.BATCH]: send(client, run, ("metrics", chunk)))

@@ -20,6 +20,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
 from segsweep import compat
+from segsweep.stores import SQL_SCHEMES
 
 log = logging.getLogger("segsweep")
 
@@ -70,8 +71,8 @@ class PatientStorage(BaseStorage):
                 return getattr(self.inner, name)(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # a state the database took before the connection was lost, and an answer that never came
-                if tries > 1 and name == "set_trial_state_values" and \
-                        self.inner.get_trial(args[0]).state == kwargs.get("state", args[1:2] and args[1]):
+                state = kwargs.get("state", args[1] if len(args) > 1 else None)
+                if tries > 1 and name == "set_trial_state_values" and self.inner.get_trial(args[0]).state == state:
                     return True
                 raise
 
@@ -90,9 +91,8 @@ def _delegate(name: str):
     return method
 
 
-for _name in [*BaseStorage.__abstractmethods__, "get_trial_id_from_study_id_trial_number", "get_n_trials",
-              "get_trial_number_from_id", "get_trial_param", "get_trial_params", "get_trial_user_attrs",
-              "get_trial_system_attrs", "get_best_trial", "check_trial_is_updatable", "remove_session"]:
+# every public method of BaseStorage, its own implementations too (the inner storage may have faster ones)
+for _name in [n for n in dir(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))]:
     setattr(PatientStorage, _name, _delegate(_name))
 PatientStorage.__abstractmethods__ = frozenset()
 
@@ -105,7 +105,6 @@ def rdb_storage(url: str, patience_s: float, **kwargs: Any) -> RDBStorage:
 def open_storage(url: str, patience_s: float) -> BaseStorage | str:
     """The study's storage for ``optuna.create_study``/``load_study``: cached as Optuna caches it, and patient.
     A storage that is not an SQL database (a journal file) is left to Optuna."""
-    if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "mssql", "oracle"):
+    if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", *SQL_SCHEMES):
         return url
     return PatientStorage(compat.cached_storage(rdb_storage(url, patience_s)), patience_s)
-
